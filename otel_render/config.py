@@ -1,0 +1,378 @@
+"""Settings: every ``OTEL_RENDER_*`` variable (and the few vendor variables we
+read, such as ``HONEYCOMB_API_KEY``) declared once, parsed once, validated once.
+
+Each setting is a field of the frozen :class:`Settings` dataclass, declared with
+:func:`_var`, which records the variable name, its parser, default, a one-line
+description and an example. ``docs/configuration.md`` is checked against these
+declarations by ``tests/test_config.py``.
+
+Telemetry misconfiguration must never break the host app: a value that does not
+parse becomes a :class:`ConfigProblem` (one line naming the variable and the
+accepted values), the default is used, and :func:`get_settings` logs each problem
+once. Standard ``OTEL_*`` variables are not parsed here; they keep their standard
+meaning and are read by the SDK, or through :attr:`Settings.environ` where we
+need to know whether the user set them.
+
+Tests build a ``Settings`` from a plain dict with :meth:`Settings.from_environ`
+and install it with :func:`use_settings`; nothing else in the package reads
+``os.environ``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+_logger = logging.getLogger("otel_render.config")
+
+# --------------------------------------------------------------------------
+# Parsers: each turns the raw string into a value or raises ValueError whose
+# text says what is accepted. ``accepted`` is shown in docs and messages.
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Parser:
+    """Turns a raw environment string into a typed value."""
+
+    accepted: str
+    convert: Callable[[str], Any]
+
+    def __call__(self, raw: str) -> Any:
+        return self.convert(raw)
+
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError
+
+
+BOOL = Parser("true or false", _parse_bool)
+
+
+def number(kind: type, low: float, high: float, unit: str = "") -> Parser:
+    """A whole (``int``) or decimal (``float``) number within [low, high]."""
+    noun = "a whole number" if kind is int else "a number"
+    suffix = f" {unit}" if unit else ""
+    accepted = f"{noun} from {_fmt(low)} to {_fmt(high)}{suffix}"
+
+    def convert(raw: str) -> Any:
+        value = kind(raw.strip())
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError
+        if not low <= value <= high:
+            raise ValueError
+        return value
+
+    return Parser(accepted, convert)
+
+
+def choice(*options: str) -> Parser:
+    """One of a fixed set of lower-case words."""
+
+    def convert(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError
+        return value
+
+    return Parser("one of " + ", ".join(options), convert)
+
+
+def _parse_text(raw: str) -> str:
+    # A value that would be sent in a header or written to a log must not be
+    # able to inject a line: refuse control characters outright.
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in raw):
+        raise ValueError
+    return raw.strip()
+
+
+TEXT = Parser("text without control characters (no newlines)", _parse_text)
+
+
+def _parse_names(raw: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in _parse_text(raw).split(",") if part.strip())
+    for name in names:
+        if not all(ch.isalnum() or ch in "-_." for ch in name):
+            raise ValueError
+    return names
+
+
+NAMES = Parser("a comma-separated list of names (letters, digits, '-', '_', '.')", _parse_names)
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+# --------------------------------------------------------------------------
+# Declarations
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variable:
+    """What the docs and the parser need to know about one setting."""
+
+    env: str
+    parser: Parser
+    default: Any
+    doc: str
+    example: str
+    secret: bool = False
+    section: str = ""
+
+
+def _var(
+    env: str,
+    parser: Parser,
+    default: Any,
+    doc: str,
+    example: str,
+    *,
+    secret: bool = False,
+    section: str,
+) -> Any:
+    variable = Variable(env, parser, default, doc, example, secret, section)
+    return field(default=default, metadata={"variable": variable})
+
+
+_EXPORT = "Export and backends"
+_PLATFORM = "Platform and resources"
+_LIFECYCLE = "Process lifecycle"
+_WEB = "Web requests"
+_DB = "Database"
+_SCHEDULER = "Scheduler"
+_ENDPOINTS = "Local endpoints and health"
+_RECOVERY = "Recovery"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The package's configuration, immutable once parsed.
+
+    ``environ`` is the mapping the settings were parsed from; code that needs a
+    standard ``OTEL_*`` or ``RENDER_*`` variable reads it here, so that tests can
+    hand the whole package a fake environment.
+    """
+
+    # --- Export and backends -------------------------------------------------
+    backend: str = _var(
+        "OTEL_RENDER_BACKEND",
+        choice("auto", "otlp", "grafana", "honeycomb", "none"),
+        "auto",
+        "Where telemetry goes. `auto` picks Grafana Cloud or Honeycomb when their "
+        "variables are set, a collector when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, "
+        "and otherwise keeps telemetry local (nothing is sent over the network).",
+        "grafana",
+        section=_EXPORT,
+    )
+    grafana_endpoint: str = _var(
+        "OTEL_RENDER_GRAFANA_ENDPOINT",
+        TEXT,
+        "",
+        "Grafana Cloud OTLP gateway URL, as shown on the stack's OpenTelemetry page.",
+        "https://otlp-gateway-prod-eu-west-2.grafana.net/otlp",
+        section=_EXPORT,
+    )
+    grafana_instance_id: str = _var(
+        "OTEL_RENDER_GRAFANA_INSTANCE_ID",
+        TEXT,
+        "",
+        "Grafana Cloud stack instance id (the Basic auth user).",
+        "123456",
+        section=_EXPORT,
+    )
+    grafana_token: str = _var(
+        "OTEL_RENDER_GRAFANA_TOKEN",
+        TEXT,
+        "",
+        "Grafana Cloud access policy token with the metrics, logs and traces write scopes "
+        "(the Basic auth password).",
+        "glc_eyJv...",
+        secret=True,
+        section=_EXPORT,
+    )
+    honeycomb_api_key: str = _var(
+        "HONEYCOMB_API_KEY",
+        TEXT,
+        "",
+        "Honeycomb ingest key; selects the Honeycomb backend under `auto`.",
+        "hcaik_01j...",
+        secret=True,
+        section=_EXPORT,
+    )
+    honeycomb_dataset: str = _var(
+        "HONEYCOMB_DATASET",
+        TEXT,
+        "",
+        "Honeycomb dataset for metrics (traces go to the dataset named after `service.name`). "
+        "Empty: the service name followed by `-metrics`.",
+        "my-app-metrics",
+        section=_EXPORT,
+    )
+    honeycomb_region: str = _var(
+        "OTEL_RENDER_HONEYCOMB_REGION",
+        choice("us", "eu"),
+        "us",
+        "Honeycomb region: `us` (api.honeycomb.io) or `eu` (api.eu1.honeycomb.io).",
+        "eu",
+        section=_EXPORT,
+    )
+    export_timeout_s: float = _var(
+        "OTEL_RENDER_EXPORT_TIMEOUT_S",
+        number(float, 0.5, 60, "seconds"),
+        5.0,
+        "Timeout of one OTLP export request when `OTEL_EXPORTER_OTLP_TIMEOUT` is not set "
+        "(the SDK's own default is 10 s).",
+        "5",
+        section=_EXPORT,
+    )
+
+    # --- Platform and resources ----------------------------------------------
+    memory_limit_mb: int = _var(
+        "OTEL_RENDER_MEMORY_LIMIT_MB",
+        number(int, 0, 1024 * 1024, "MiB"),
+        0,
+        "Memory limit of the instance. 0: detect it (cgroup, then Render plan, then 512 MiB "
+        "on Render, then physical memory).",
+        "512",
+        section=_PLATFORM,
+    )
+    instance_dir: str = _var(
+        "OTEL_RENDER_INSTANCE_DIR",
+        TEXT,
+        "",
+        "Directory shared by the processes of one instance (worker snapshots, scheduler leader "
+        "lock). Empty: a directory under /dev/shm when it exists, else the temp directory.",
+        "/dev/shm/otel-render",
+        section=_PLATFORM,
+    )
+
+    # --- Process lifecycle ---------------------------------------------------
+    shutdown_timeout_s: float = _var(
+        "OTEL_RENDER_SHUTDOWN_TIMEOUT_S",
+        number(float, 0.1, 25, "seconds"),
+        3.0,
+        "Total time the final flush of spans, metrics and logs may take when a process exits; "
+        "past it the process exits and the rest is dropped.",
+        "3",
+        section=_LIFECYCLE,
+    )
+
+    # --- Web requests (issue: web) -------------------------------------------
+
+    # --- Database (issue: database) ------------------------------------------
+
+    # --- Scheduler (issue: scheduler) ----------------------------------------
+
+    # --- Local endpoints and health (issue: endpoints) -----------------------
+
+    # --- Recovery (issue: recovery) ------------------------------------------
+
+    # --- Not parsed: the raw environment ---------------------------------------
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> tuple[Settings, list[ConfigProblem]]:
+        """Parse every declared variable; bad values fall back to their default."""
+        values: dict[str, Any] = {}
+        problems: list[ConfigProblem] = []
+        for variable_field in fields(cls):
+            variable: Variable | None = variable_field.metadata.get("variable")
+            if variable is None:
+                continue
+            raw = environ.get(variable.env)
+            if raw is None or raw.strip() == "":
+                continue
+            try:
+                values[variable_field.name] = variable.parser(raw)
+            except (ValueError, TypeError):
+                problems.append(ConfigProblem.invalid(variable, raw))
+        return cls(environ=dict(environ), **values), problems
+
+    def standard(self, name: str) -> str | None:
+        """A standard variable (``OTEL_*``, ``RENDER_*``) when set and non-empty."""
+        value = self.environ.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def sdk_disabled(self) -> bool:
+        """``OTEL_SDK_DISABLED=true`` turns off every part of the package."""
+        return (self.standard("OTEL_SDK_DISABLED") or "").lower() == "true"
+
+
+def declared_variables() -> list[Variable]:
+    """Every variable the package reads, in declaration order (for docs and doctor)."""
+    return [f.metadata["variable"] for f in fields(Settings) if "variable" in f.metadata]
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One variable that could not be used; the message is the log line."""
+
+    variable: str
+    message: str
+
+    @classmethod
+    def invalid(cls, variable: Variable, raw: str) -> ConfigProblem:
+        shown = "[redacted]" if variable.secret else repr(raw[:80])
+        default = "empty" if variable.default in ("", ()) else repr(variable.default)
+        return cls(
+            variable.env,
+            f"{variable.env}={shown} is not valid: expected {variable.parser.accepted}; "
+            f"using the default ({default})",
+        )
+
+
+# --------------------------------------------------------------------------
+# The process-wide instance
+# --------------------------------------------------------------------------
+
+_lock = threading.Lock()
+_current: Settings | None = None
+
+
+def parse_process_environment() -> tuple[Settings, list[ConfigProblem]]:
+    """Parse this process's environment (the only place the package reads it)."""
+    return Settings.from_environ(os.environ)
+
+
+def get_settings() -> Settings:
+    """The process-wide settings, parsed from ``os.environ`` on first use.
+
+    Problems are logged here, once per process, as warnings on the
+    ``otel_render.config`` logger.
+    """
+    global _current
+    settings = _current
+    if settings is not None:
+        return settings
+    with _lock:
+        if _current is None:
+            parsed, problems = parse_process_environment()
+            for problem in problems:
+                _logger.warning("otel-render: %s", problem.message)
+            _current = parsed
+        return _current
+
+
+def use_settings(settings: Settings | None) -> None:
+    """Install ``settings`` as the process-wide settings (``None`` re-reads the environment)."""
+    global _current
+    with _lock:
+        _current = settings
