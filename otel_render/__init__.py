@@ -1,0 +1,61 @@
+"""otel-render: OpenTelemetry for Python web apps on Render, in one start command.
+
+Usage, with no code change::
+
+    opentelemetry-instrument gunicorn app:app
+
+or, when the start command cannot change, at the top of the WSGI module::
+
+    import otel_render
+    otel_render.configure()
+
+Public API: :func:`configure` and ``__version__``. Everything is configured by
+environment variables (``docs/configuration.md``); ``OTEL_SDK_DISABLED=true``
+turns the whole package off.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from opentelemetry.util._importlib_metadata import entry_points
+
+from otel_render.distro import configure_sdk
+from otel_render.version import __version__
+
+__all__ = ["configure", "__version__"]
+
+_logger = logging.getLogger("otel_render")
+_instrument_lock = threading.Lock()
+
+
+def configure(*, instrument: bool = True) -> bool:
+    """Configure the SDK as ``opentelemetry-instrument`` would, then instrument.
+
+    Idempotent: a second call, a call after ``opentelemetry-instrument`` already
+    configured the process, or a call in a forked worker of a configured master
+    does nothing more. Returns whether otel-render is active. Never raises.
+    """
+    pipeline = configure_sdk()
+    if pipeline is None:
+        return False
+    if instrument:
+        _load_own_instrumentors()
+    return True
+
+
+def _load_own_instrumentors() -> None:
+    """Instrument every integration otel-render publishes (not contrib ones)."""
+    with _instrument_lock:
+        for entry_point in entry_points(group="opentelemetry_instrumentor"):
+            if not entry_point.value.startswith("otel_render"):
+                continue
+            try:
+                instrumentor = entry_point.load()()
+                if not instrumentor.is_instrumented_by_opentelemetry:
+                    instrumentor.instrument()
+            except ModuleNotFoundError as exc:
+                _logger.debug("otel-render: %s not instrumented: %s", entry_point.name, exc)
+            except Exception:  # pylint: disable=broad-except
+                _logger.warning("otel-render: could not instrument %s", entry_point.name, exc_info=True)

@@ -1,0 +1,1 @@
+"""The local side of the metrics pipeline: a reader that keeps the latest points."""

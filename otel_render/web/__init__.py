@@ -1,0 +1,1 @@
+"""Web servers and frameworks: gunicorn hooks, WSGI middleware, Flask and Django."""

@@ -1,0 +1,225 @@
+"""The pipeline the configurator builds: resource, identity per process,
+idempotent configure(), OTEL_SDK_DISABLED, and our instrumentor base class."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from otel_render import distro
+from otel_render.config import Settings
+from otel_render.instrumentor import RenderInstrumentor
+from otel_render.web import gunicorn
+
+RENDER = {"RENDER": "true", "RENDER_SERVICE_NAME": "shop", "RENDER_INSTANCE_ID": "srv-1-abc", "RENDER_GIT_COMMIT": "f" * 40}
+
+
+def settings(environ):
+    parsed, problems = Settings.from_environ(environ)
+    assert problems == []
+    return parsed
+
+
+def test_resource_carries_render_attributes_and_the_distro():
+    attributes = distro.build_resource(settings(RENDER), "0.66b2").attributes
+    assert attributes["service.name"] == "shop"
+    assert attributes["cloud.provider"] == "render"
+    assert attributes["telemetry.distro.name"] == "otel-render"
+    assert attributes["telemetry.auto.version"] == "0.66b2"
+
+
+def test_standard_service_name_wins(monkeypatch):
+    # Resource.create reads OTEL_SERVICE_NAME from the process environment (the SDK's rule).
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "checkout")
+    environ = {**RENDER, "OTEL_SERVICE_NAME": "checkout"}
+    assert distro.build_resource(settings(environ)).attributes["service.name"] == "checkout"
+
+
+@pytest.fixture
+def arbiter_state(monkeypatch):
+    state = gunicorn._ArbiterState()
+    monkeypatch.setattr(gunicorn, "_state", state)
+    return state
+
+
+def test_instance_id_outside_gunicorn_is_left_to_the_sdk(arbiter_state):
+    assert distro.process_instance_id(settings(RENDER)) is None
+
+
+def test_instance_id_names_the_master_and_the_worker_slot(arbiter_state):
+    arbiter_state.master_pid = os.getpid()
+    assert distro.process_instance_id(settings(RENDER)) == "srv-1-abc-master"
+    arbiter_state.master_pid = os.getpid() + 1  # we are a child of that master
+    arbiter_state.pending_slot = 1
+    assert distro.process_instance_id(settings(RENDER)) == "srv-1-abc-w1"
+
+
+def test_instance_id_off_render_includes_host_and_master_pid(arbiter_state):
+    arbiter_state.master_pid = 4242
+    arbiter_state.pending_slot = 0
+    assert distro.process_instance_id(settings({})).endswith("-4242-w0")
+
+
+def test_user_instance_id_wins_in_every_process(arbiter_state):
+    arbiter_state.master_pid = os.getpid() + 1
+    arbiter_state.pending_slot = 3
+    environ = {**RENDER, "OTEL_RESOURCE_ATTRIBUTES": "team=a,service.instance.id=mine"}
+    assert distro.process_instance_id(settings(environ)) == "mine"
+
+
+def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    full_env = {key: value for key, value in os.environ.items() if not key.startswith(("OTEL_", "RENDER"))}
+    full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60, env=full_env
+    )
+
+
+def test_configure_is_idempotent_and_keeps_telemetry_local_by_default():
+    result = run_python(
+        """
+        import json, logging, otel_render
+        from otel_render.distro import current_pipeline
+        from opentelemetry import trace, metrics
+        first = otel_render.configure()
+        pipeline = current_pipeline()
+        second = otel_render.configure()
+        assert current_pipeline() is pipeline
+        trace.get_tracer("t").start_span("s").end()
+        metrics.get_meter("m").create_counter("demo.count").add(2)
+        snapshot = pipeline.local_reader.refresh()
+        print(json.dumps({
+            "first": first, "second": second,
+            "backend": pipeline.plan.backend,
+            "provider": type(trace.get_tracer_provider()).__module__,
+            "counter": snapshot.find("demo.count").data.data_points[0].value,
+        }))
+        """,
+        {},
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out == {"first": True, "second": True, "backend": "none", "provider": "opentelemetry.sdk.trace", "counter": 2}
+    assert "Overriding" not in result.stderr  # no second provider was set
+
+
+def test_sdk_disabled_turns_everything_off():
+    result = run_python(
+        """
+        import otel_render
+        from opentelemetry import trace
+        from otel_render.distro import current_pipeline
+        print(otel_render.configure(), current_pipeline(), type(trace.get_tracer_provider()).__name__)
+        """,
+        {"OTEL_SDK_DISABLED": "true"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "None", "ProxyTracerProvider"]
+
+
+def test_bad_configuration_is_reported_once_and_the_program_runs():
+    result = run_python(
+        """
+        import otel_render
+        print("configured", otel_render.configure())
+        print("app still runs")
+        """,
+        {
+            "OTEL_RENDER_MEMORY_LIMIT_MB": "lots",
+            "OTEL_RENDER_BACKEND": "datadog",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318",
+            "OTEL_EXPORTER_OTLP_HEADERS": "x-a=1%0Ax-b: 2",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    assert "configured True" in result.stdout and "app still runs" in result.stdout
+    for needle in ("OTEL_RENDER_MEMORY_LIMIT_MB='lots' is not valid", "OTEL_RENDER_BACKEND='datadog' is not valid",
+                   "OTEL_EXPORTER_OTLP_ENDPOINT='collector:4318' is not valid", "the value of 'x-a' contains a control character"):
+        assert result.stderr.count(needle) == 1, (needle, result.stderr)
+
+
+def test_an_sdk_configured_before_us_is_kept_and_gets_the_local_reader():
+    result = run_python(
+        """
+        from opentelemetry import metrics, trace
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.trace import TracerProvider
+        mine = TracerProvider(); trace.set_tracer_provider(mine)
+        metrics.set_meter_provider(MeterProvider())
+        import otel_render
+        from otel_render.distro import current_pipeline
+        otel_render.configure()
+        pipeline = current_pipeline()
+        metrics.get_meter("m").create_counter("kept.count").add(1)
+        print(trace.get_tracer_provider() is mine, pipeline.owns_sdk,
+              pipeline.local_reader.refresh().find("kept.count").data.data_points[0].value)
+        """,
+        {},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "False", "1"]
+    assert "already configured" in result.stderr
+
+
+# --- instrumentor base -----------------------------------------------------------
+
+
+class _Probe(RenderInstrumentor):
+    requirement = ("pytest>=1",)
+    instrumented = 0
+
+    def instrumentation_dependencies(self):
+        return self.requirement
+
+    def _instrument(self, **kwargs):
+        type(self).instrumented += 1
+
+    def _uninstrument(self, **kwargs):
+        type(self).instrumented -= 1
+
+
+@pytest.mark.parametrize(
+    ("requirement", "instrumented", "level"),
+    [(("pytest>=1",), 1, None), (("no-such-package-xyz>=1",), 0, logging.DEBUG), (("pytest<1",), 0, logging.WARNING)],
+)
+def test_instrumentor_checks_its_own_dependencies_even_when_told_to_skip(requirement, instrumented, level, caplog):
+    class Probe(_Probe):
+        pass
+
+    Probe.requirement = requirement
+    Probe.instrumented = 0
+    with caplog.at_level(logging.DEBUG, logger="otel_render.instrumentor"):
+        Probe().instrument(skip_dep_check=True)
+    assert Probe.instrumented == instrumented
+    records = [r for r in caplog.records if r.name == "otel_render.instrumentor"]
+    if level is None:
+        assert records == []
+    else:
+        assert [r.levelno for r in records] == [level]
+    if instrumented:
+        Probe().uninstrument()
+        assert Probe.instrumented == 0
+
+
+def test_distro_skips_superseded_contrib_instrumentors(monkeypatch):
+    loaded = []
+
+    class EntryPoint:
+        def __init__(self, name, value):
+            self.name, self.value = name, value
+
+        def load(self):
+            return lambda: type("I", (), {"instrument": lambda _self, **kw: loaded.append(self.value)})()
+
+    monkeypatch.setattr(distro, "SUPERSEDED_CONTRIB_INSTRUMENTORS", {"flask"})
+    instance = distro.OtelRenderDistro()
+    instance.load_instrumentor(EntryPoint("flask", "opentelemetry.instrumentation.flask:FlaskInstrumentor"))
+    instance.load_instrumentor(EntryPoint("flask", "otel_render.web.flask:FlaskInstrumentor"))
+    instance.load_instrumentor(EntryPoint("requests", "opentelemetry.instrumentation.requests:RequestsInstrumentor"))
+    assert loaded == ["otel_render.web.flask:FlaskInstrumentor", "opentelemetry.instrumentation.requests:RequestsInstrumentor"]
