@@ -1,0 +1,22 @@
+#!/bin/sh
+# Run the unit tests on every Python 3.10+ interpreter this machine has
+# (python3.10 ... python3.13 on PATH, or under pyenv), each in its own venv.
+set -u
+status=0
+found=0
+for version in 3.10 3.11 3.12 3.13; do
+    interpreter=$(command -v "python$version" 2>/dev/null || true)
+    if [ -z "$interpreter" ] && [ -d "${PYENV_ROOT:-$HOME/.pyenv}/versions" ]; then
+        interpreter=$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$version".*/bin/python 2>/dev/null | tail -n 1)
+    fi
+    [ -n "$interpreter" ] || { echo "python$version: not found, skipped"; continue; }
+    found=$((found + 1))
+    venv=".venv-$version"
+    echo "== python$version ($interpreter)"
+    if [ ! -f "$venv/.installed" ]; then
+        "$interpreter" -m venv "$venv" && "$venv/bin/python" -m pip install -q -e '.[test]' && touch "$venv/.installed" || { status=1; continue; }
+    fi
+    "$venv/bin/python" -m pytest -q -m "not integration" -p no:cacheprovider || status=1
+done
+[ "$found" -gt 0 ] || { echo "no Python 3.10+ interpreter found"; exit 1; }
+exit $status
