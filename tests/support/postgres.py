@@ -109,8 +109,7 @@ class PostgresCluster:
         """``timeout`` bounds every server command (initdb, start, stop, psql)."""
         self.bin_dir = bin_dir or _find_bin_dir()
         self.timeout = timeout
-        self.port: int | None = None
-        """Chosen at the first ``start()``; kept across restarts."""
+        self._port: int | None = None
         self.base_dir: str | None = None
         self._postmaster: subprocess.Popen[bytes] | None = None
         self._initialized = False
@@ -118,7 +117,7 @@ class PostgresCluster:
 
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"
-        return f"<PostgresCluster {self.host}:{self.port} {state} in {self.base_dir}>"
+        return f"<PostgresCluster {self.host}:{self._port} {state} in {self.base_dir}>"
 
     # -- discovery ---------------------------------------------------------
 
@@ -275,7 +274,7 @@ class PostgresCluster:
         credentials = urllib.parse.quote(user, safe="")
         if password is not None:
             credentials += ":" + urllib.parse.quote(password, safe="")
-        return f"{scheme}://{credentials}@{self.host}:{self._port()}/{urllib.parse.quote(dbname, safe='')}"
+        return f"{scheme}://{credentials}@{self.host}:{self.port}/{urllib.parse.quote(dbname, safe='')}"
 
     def dsn(
         self,
@@ -288,7 +287,7 @@ class PostgresCluster:
 
         Extra ``params`` are added as they are, e.g. ``connect_timeout=2``.
         """
-        fields: dict[str, str | int] = {"host": self.host, "port": self._port(), "user": user, "dbname": dbname}
+        fields: dict[str, str | int] = {"host": self.host, "port": self.port, "user": user, "dbname": dbname}
         if password is not None:
             fields["password"] = password
         fields.update(params)
@@ -298,22 +297,24 @@ class PostgresCluster:
         """Run ``sql`` as superuser with psql and return its unaligned output."""
         command = [
             self._tool("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-            "-h", self.host, "-p", str(self._port()), "-U", _SERVER_USER, "-d", dbname, "-c", sql,
+            "-h", self.host, "-p", str(self.port), "-U", _SERVER_USER, "-d", dbname, "-c", sql,
         ]  # fmt: skip
         result = self._run(command, as_server_user=False)
         return result.stdout.strip()
 
-    def _port(self) -> int:
-        if self.port is None:
+    @property
+    def port(self) -> int:
+        """TCP port on 127.0.0.1, chosen at the first ``start()`` and kept across restarts."""
+        if self._port is None:
             raise PostgresError("cluster was never started, so it has no port yet")
-        return self.port
+        return self._port
 
     # -- internals ---------------------------------------------------------
 
     def _initialize(self) -> None:
         self._tool("initdb")  # fail early, with the reason, when binaries are missing
         self.base_dir = self._make_base_dir()
-        self.port = free_port()
+        self._port = free_port()
         self._run(
             [self._tool("initdb"), "-D", self.data_dir, "-A", "trust", "-U", _SERVER_USER,
              "--no-sync", "-E", "UTF8", "--locale=C"],

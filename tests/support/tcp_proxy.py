@@ -126,7 +126,11 @@ class TCPProxy:
     # -- counters ----------------------------------------------------------
 
     def connections(self) -> int:
-        """Number of client connections currently open through the proxy."""
+        """Number of client connections the proxy holds open right now.
+
+        A client that hung up during ``blackhole()`` is counted until
+        ``forward()`` lets the proxy notice.
+        """
         with self._cond:
             return len(self._pipes)
 

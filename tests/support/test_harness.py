@@ -294,15 +294,23 @@ def test_wait_for_times_out_then_wakes_on_arrival(otlp_receiver: OTLPReceiver) -
     with provider.get_tracer("t").start_as_current_span("first"):
         pass
 
-    # Export the second span from another thread while the test waits.
+    # Export the second span from another thread once the test is blocked in
+    # wait_for(): only a notification on arrival can wake it up in time.
+    waiting = threading.Event()
+
+    def two_spans(receiver: OTLPReceiver) -> bool:
+        waiting.set()
+        return len(receiver.spans()) == 2
+
     def export_later() -> None:
+        assert waiting.wait(timeout=5)
         with provider.get_tracer("t").start_as_current_span("second"):
             pass
 
     thread = threading.Thread(target=export_later)
-    started = time.monotonic()
     thread.start()
-    assert otlp_receiver.wait_for(lambda r: len(r.spans()) == 2, timeout=10) is True
+    started = time.monotonic()
+    assert otlp_receiver.wait_for(two_spans, timeout=10) is True
     assert time.monotonic() - started < 5
     thread.join()
     provider.shutdown()
@@ -465,7 +473,7 @@ def test_tcp_proxy_refuse_closes_and_refuses_then_forward_reopens(
 def test_tcp_proxy_in_front_of_postgres(
     postgres: PostgresCluster, tcp_proxy_factory: Callable[[str, int], TCPProxy]
 ) -> None:
-    proxy = tcp_proxy_factory(postgres.host, postgres.port)  # type: ignore[arg-type]
+    proxy = tcp_proxy_factory(postgres.host, postgres.port)
     dsn = f"host=127.0.0.1 port={proxy.port} user=app password={postgres.password} dbname=app connect_timeout=2"
     connection = _connect(dsn)
     with connection.cursor() as cursor:
@@ -625,8 +633,8 @@ def test_gunicorn_command_and_a_real_gunicorn(tmp_path: Path) -> None:
 
 def test_http_request_never_raises_for_error_statuses_but_does_for_no_server() -> None:
     with OTLPReceiver(status=500) as receiver:
-        result = http_request(receiver.signal_endpoint("traces"), "POST",
-                              headers={"Content-Type": "application/x-protobuf"}, body=b"")  # fmt: skip
+        headers = {"Content-Type": "application/x-protobuf"}
+        result = http_request(receiver.signal_endpoint("traces"), "POST", headers=headers, body=b"")
         assert result.status == 500
         assert result.header("content-type") == "application/x-protobuf"
     with pytest.raises(ConnectionRefusedError):
