@@ -1,14 +1,16 @@
 #!/bin/sh
 # Run the unit tests on every Python 3.10+ interpreter this machine has
-# (python3.10 ... python3.13 on PATH, or under pyenv), each in its own venv.
+# (under pyenv, or python3.X on PATH), each in its own venv (.venv-3.X).
 set -u
 status=0
 found=0
 for version in 3.10 3.11 3.12 3.13; do
-    interpreter=$(command -v "python$version" 2>/dev/null || true)
-    if [ -z "$interpreter" ] && [ -d "${PYENV_ROOT:-$HOME/.pyenv}/versions" ]; then
-        interpreter=$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$version".*/bin/python 2>/dev/null | tail -n 1)
-    fi
+    interpreter=""
+    for candidate in $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$version".*/bin/python 2>/dev/null | sort -V | tail -n 1) \
+                     $(command -v "python$version" 2>/dev/null); do
+        # pyenv shims exist for versions that are not selected: check it runs.
+        if "$candidate" -c 'import sys' >/dev/null 2>&1; then interpreter=$candidate; break; fi
+    done
     [ -n "$interpreter" ] || { echo "python$version: not found, skipped"; continue; }
     found=$((found + 1))
     venv=".venv-$version"
