@@ -67,7 +67,8 @@ def test_timeouts_fit_together(any_blueprint):
     # Deadlines the package enforces inside a request must fire before gunicorn kills the worker.
     deadlines = {"seed request/query timeout": SEED_DEADLINE_S}
     for variable in declared_variables():
-        if variable.section in ("Web requests", "Database") and variable.env.endswith("_S"):
+        is_deadline = variable.env.endswith("_S") and ("TIMEOUT" in variable.env or "DEADLINE" in variable.env)
+        if variable.section in ("Web requests", "Database") and is_deadline:
             attribute = next(f for f in Settings.__dataclass_fields__.values() if f.metadata.get("variable") is variable)
             deadlines[variable.env] = float(getattr(settings, attribute.name))
     for name, seconds in deadlines.items():
