@@ -1,6 +1,6 @@
 # otel-render: the two Quick start commands (make demo, make test) and the rest.
 # Every target creates .venv on first use; nothing is installed outside it,
-# except PostgreSQL (Debian package) for the tests, which needs root.
+# except PostgreSQL and promtool (Debian packages) for the tests, which need root.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -23,11 +23,12 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) examples/demo.py $(DEMO_ARGS)
 
-## services: what the test suite needs besides Python (PostgreSQL binaries)
+## services: what the test suite needs besides Python (PostgreSQL binaries, promtool)
 services:
 	@sh scripts/ensure-postgres.sh
+	@sh scripts/ensure-promtool.sh
 
-## test: the whole suite, with real gunicorn, PostgreSQL and a loopback OTLP receiver
+## test: the whole suite, with real gunicorn, PostgreSQL, promtool and a loopback OTLP receiver
 test: $(VENV)/.installed services
 	$(PYTEST) -q $(PYTEST_ARGS)
 
