@@ -44,6 +44,8 @@ from dataclasses import dataclass, fields
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry.metrics import CallbackOptions, Observation
+
 from otel_render import health, lifecycle, runtime
 from otel_render.config import Settings
 from otel_render.diagnostics import utc_now_iso
@@ -148,6 +150,45 @@ class AuthFailureLog:
         self._lock = threading.Lock()
         self._pending = 0
         self._last = None
+
+
+class EndpointCounts:
+    """Requests and refusals counted in plain integers, exported through
+    observable counters: an SDK counter update per ``/health`` poll would
+    cost more than answering it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: dict[tuple[str, int], int] = {}
+        self._refusals: dict[str, int] = {}
+
+    def request(self, route: str, status: int) -> None:
+        key = (route, status)
+        with self._lock:
+            self._requests[key] = self._requests.get(key, 0) + 1
+
+    def refusal(self, route: str) -> None:
+        with self._lock:
+            self._refusals[route] = self._refusals.get(route, 0) + 1
+
+    def observe_requests(self, _options: CallbackOptions) -> list[Observation]:
+        with self._lock:
+            counts = list(self._requests.items())
+        return [
+            Observation(count, {"http.route": route, "http.response.status_code": status})
+            for (route, status), count in counts
+        ]
+
+    def observe_refusals(self, _options: CallbackOptions) -> list[Observation]:
+        with self._lock:
+            counts = list(self._refusals.items())
+        return [Observation(count, {"http.route": route}) for route, count in counts]
+
+    def reset_after_fork(self) -> None:
+        """A worker counts its own requests (the master reports its own)."""
+        self._lock = threading.Lock()
+        self._requests = {}
+        self._refusals = {}
 
 
 # --------------------------------------------------------------------------
@@ -311,17 +352,20 @@ class LocalEndpoints:
         self.pipeline = pipeline
         self._clock = clock
         self.auth_log = AuthFailureLog()
-        self._requests = meter.create_counter(
-            "otel_render.endpoint.requests",
-            unit="{request}",
-            description="Requests to /health and the /api/* endpoints.",
-        ) if meter is not None else None
-        self._auth_failures = meter.create_counter(
-            "otel_render.endpoint.auth_failures",
-            unit="{request}",
-            description="Requests with a missing or wrong OTEL_RENDER_TOKEN.",
-        ) if meter is not None else None
-        self._attributes: dict[tuple[str, int], dict[str, Any]] = {}
+        self.counts = EndpointCounts()
+        if meter is not None:
+            meter.create_observable_counter(
+                "otel_render.endpoint.requests",
+                [self.counts.observe_requests],
+                unit="{request}",
+                description="Requests to /health and the /api/* endpoints.",
+            )
+            meter.create_observable_counter(
+                "otel_render.endpoint.auth_failures",
+                [self.counts.observe_refusals],
+                unit="{request}",
+                description="Requests with a missing or wrong OTEL_RENDER_TOKEN.",
+            )
         self._health_bodies = {
             status: json.dumps({"status": status}).encode() for status in (health.HEALTHY, health.DEGRADED, health.UNHEALTHY)
         }
@@ -351,7 +395,7 @@ class LocalEndpoints:
             body = answer.body if isinstance(answer.body, bytes) else encode(answer.body, pretty=answer.pretty)
             headers = [*_COMMON_HEADERS, *answer.headers, ("Content-Length", str(len(body)))]
             start_response(_STATUS_LINES.get(answer.status, f"{answer.status} Error"), headers)
-            self._count(route, answer.status)
+            self.counts.request(route, answer.status)
             return [] if method == "HEAD" else [body]
 
         app.__name__ = f"otel_render_endpoint_{route.strip('/').replace('/', '_')}"
@@ -367,24 +411,8 @@ class LocalEndpoints:
             return Answer(200, self._health_bodies[health.HEALTHY])
         return Answer(500, {"error": "otel-render could not build this answer; see the logs"}, pretty=False)
 
-    def _count(self, route: str, status: int) -> None:
-        if self._requests is None:
-            return
-        attributes = self._attributes.get((route, status))
-        if attributes is None:
-            attributes = {"http.route": route, "http.response.status_code": status}
-            self._attributes[(route, status)] = attributes
-        try:
-            self._requests.add(1, attributes)
-        except Exception:  # pylint: disable=broad-except
-            pass
-
     def _refuse(self, route: str) -> Answer:
-        if self._auth_failures is not None:
-            try:
-                self._auth_failures.add(1, {"http.route": route})
-            except Exception:  # pylint: disable=broad-except
-                pass
+        self.counts.refusal(route)
         self.auth_log.record(route)
         return _UNAUTHORIZED
 
@@ -498,6 +526,7 @@ class LocalEndpoints:
 
     def reset_after_fork(self) -> None:
         self.auth_log.reset_after_fork()
+        self.counts.reset_after_fork()
 
 
 # --------------------------------------------------------------------------
