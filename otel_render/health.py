@@ -278,9 +278,9 @@ def performance_result(
     limit. The rate needs ``min_requests`` requests in the window.
     """
     stamp = utc_now_iso(now)
-    over = f"the last {window_s:.3g} s" if window_s is not None else "the start"
+    over = f"in the last {window_s:.3g} s" if window_s is not None else "since the start"
     if total <= 0:
-        return HealthCheckResult(HEALTHY, None, "s", stamp, f"no requests since {over}")
+        return HealthCheckResult(HEALTHY, None, "s", stamp, f"no requests {over}")
     rate = errors / total
     status = HEALTHY
     reasons = []
@@ -291,7 +291,7 @@ def performance_result(
         status = worst([status, DEGRADED])
         reasons.append(f"p95 above {p95_limit_s:g} s")
     p95_text = "?" if p95_s is None else f"{p95_s:.3f} s"
-    output = f"p95 {p95_text}, {rate:.1%} errors of {total} requests since {over}"
+    output = f"p95 {p95_text}, {rate:.1%} errors of {total} requests {over}"
     if reasons:
         output += ": " + ", ".join(reasons)
     return HealthCheckResult(status, None if p95_s is None else round(p95_s, 6), "s", stamp, output)

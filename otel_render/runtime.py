@@ -163,7 +163,8 @@ class RuntimeMeters:
     # -- error contexts ----------------------------------------------------------
 
     def memory_state(self) -> Mapping[str, Any]:
-        """The seed's ``memoryUsage`` for an error context, from the last readings.
+        """The seed's ``memoryUsage`` for an error context, from the last readings:
+        the instance's usage and limit, and this process's RSS, USS and GC count.
 
         Only this process's RSS is read now (one small ``/proc`` read); the
         rest comes from the last collection.
@@ -176,10 +177,11 @@ class RuntimeMeters:
         limit = self.limit().bytes
         used = readings.instance_usage
         return {
+            # external needs every process's USS: unknown from one process.
             "memoryUsage": memory_metrics(
                 instance_usage=used,
                 limit=limit,
-                uss_total=readings.uss,
+                uss_total=None,
                 gc_count=readings.gc_collections,
                 fallback_usage=rss,
             )
