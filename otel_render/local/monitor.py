@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from otel_render import diagnostics, health
 from otel_render.config import Settings
@@ -79,11 +82,33 @@ def _start_time(pid: int) -> float:
     return started
 
 
+def instance_owner_pid() -> int:
+    """The process whose run the instance directory belongs to: the gunicorn
+    master, or this process outside gunicorn.
+
+    The arbiter hook knows the master when the pipeline was configured in it
+    (``opentelemetry-instrument gunicorn ...``). When the app calls
+    ``otel_render.configure()`` itself, in each worker, the hook never saw the
+    master: a worker of a gunicorn parent then names that parent.
+    """
+    master = gunicorn.master_pid()
+    if master is not None:
+        return master
+    if "gunicorn.workers.base" in sys.modules:
+        try:
+            parent = psutil.Process(os.getppid())
+            if any("gunicorn" in part for part in parent.cmdline()[:3]):
+                return parent.pid
+        except (psutil.Error, OSError):
+            pass
+    return os.getpid()
+
+
 def store_for_this_process(settings: Settings) -> tuple[InstanceStore, bool]:
     """This instance run's store, and whether this process owns it (the
     gunicorn master, or the process itself outside gunicorn)."""
     base = Path(settings.instance_dir) if settings.instance_dir else default_base_directory()
-    owner = gunicorn.master_pid() or os.getpid()
+    owner = instance_owner_pid()
     directory = instance_directory(base, owner, _start_time(owner))
     return InstanceStore(directory), owner == os.getpid()
 

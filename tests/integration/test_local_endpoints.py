@@ -112,6 +112,21 @@ def test_instance_totals_equal_requests_sent_and_what_the_receiver_decoded(otlp_
         assert set(summary) == {"status", "timestamp", "checks"}
 
 
+def test_workers_that_configure_otel_render_themselves_still_form_one_instance():
+    port = free_port()
+    command = gunicorn_command("endpoints_configured_app:app", port=port, workers=2, instrument=False)
+    with AppProcess(command, env=app_env(), cwd=APPS) as server:
+        base = f"http://127.0.0.1:{port}"
+        server.wait_http(base + "/health", expect_status=200)
+        send(base, 10, "/slow?ms=50")
+
+        def both_workers_counted():
+            total, body = instance_total(base)
+            return total == 10 and body["instance"]["processes"] == 2
+
+        assert wait_until(both_workers_counted, 20), f"{instance_total(base)}\n{server.output()}"
+
+
 def test_totals_never_drop_when_workers_are_recycled(otlp_receiver):
     port = free_port()
     command = gunicorn_command(
