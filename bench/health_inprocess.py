@@ -11,9 +11,9 @@ import otel_render
 
 otel_render.configure(instrument=False)
 
-from otel_render import endpoints  # noqa: E402
-
 import health_app  # noqa: E402
+
+from otel_render import endpoints  # noqa: E402
 
 ROUNDS = 7
 

@@ -151,7 +151,14 @@ def under_load(bin_dir: Path, cwd: str) -> tuple[str, dict[str, dict[str, float]
     command = [
         str(bin_dir / "opentelemetry-instrument"),
         str(bin_dir / "gunicorn"),
-        "-w", "2", "-k", "sync", "-b", f"127.0.0.1:{port}", "--log-level", "warning",
+        "-w",
+        "2",
+        "-k",
+        "sync",
+        "-b",
+        f"127.0.0.1:{port}",
+        "--log-level",
+        "warning",
         "health_app:app",
     ]
     server = subprocess.Popen(command, env=bench_env(), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -177,7 +184,8 @@ def under_load(bin_dir: Path, cwd: str) -> tuple[str, dict[str, dict[str, float]
                 url = f"http://127.0.0.1:{port}{path}"
                 samples[path].append(load_with_wrk(wrk, url) if wrk else load_with_threads(url))
         return tool, {
-            path: {key: statistics.median(run[key] for run in runs) for key in runs[0]} for path, runs in samples.items()
+            path: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+            for path, runs in samples.items()
         }
     finally:
         server.send_signal(signal.SIGTERM)
@@ -196,11 +204,12 @@ def main() -> dict[str, float]:
     print("\n== /health latency, in process (WSGI call, median of 7 rounds)")
     for path, micros in calls.items():
         print(f"  {path:16s} {micros:9.1f} us per call   ({micros / calls['/plain']:.1f}x the plain route)")
-    print(f"\n== /health under load: gunicorn -w 2 (sync), {CONNECTIONS} connections, {LOAD_SECONDS:g} s x {ROUNDS} rounds, {tool}")
+    setup = f"{CONNECTIONS} connections, {LOAD_SECONDS:g} s x {ROUNDS} rounds, {tool}"
+    print(f"\n== /health under load: gunicorn -w 2 (sync), {setup}")
     for path, figures in load.items():
         print(
-            f"  {path:8s} {figures['rps']:8.0f} req/s   p50 {figures['p50_ms']:6.2f} ms   p99 {figures['p99_ms']:6.2f} ms"
-            f"   non-2xx {figures['non_2xx']:.0f}"
+            f"  {path:8s} {figures['rps']:8.0f} req/s   p50 {figures['p50_ms']:6.2f} ms"
+            f"   p99 {figures['p99_ms']:6.2f} ms   non-2xx {figures['non_2xx']:.0f}"
         )
     rps_ratio = load["/health"]["rps"] / load["/plain"]["rps"]
     p99_ratio = load["/health"]["p99_ms"] / load["/plain"]["p99_ms"]

@@ -367,7 +367,8 @@ class LocalEndpoints:
                 description="Requests with a missing or wrong OTEL_RENDER_TOKEN.",
             )
         self._health_bodies = {
-            status: json.dumps({"status": status}).encode() for status in (health.HEALTHY, health.DEGRADED, health.UNHEALTHY)
+            status: json.dumps({"status": status}).encode()
+            for status in (health.HEALTHY, health.DEGRADED, health.UNHEALTHY)
         }
         self._apps = {
             HEALTH: self._wsgi(HEALTH, self._health),
@@ -510,12 +511,21 @@ class LocalEndpoints:
             "errors": rings.get("errors", []),
             "stalls": rings.get("stalls", []),
             "actions": rings.get("actions", []),
-            "schedulers": {**summary.schedulers(view), "check": status.checks.get("schedulers", health.not_checked("schedulers", self._clock())).to_dict()},
-            "health": {"status": status.status, "checks": {name: result.to_dict() for name, result in status.checks.items()}},
+            "schedulers": {
+                **summary.schedulers(view),
+                "check": status.checks.get("schedulers", health.not_checked("schedulers", self._clock())).to_dict(),
+            },
+            "health": {
+                "status": status.status,
+                "checks": {name: result.to_dict() for name, result in status.checks.items()},
+            },
             "configuration": effective_configuration(self.settings, self.pipeline),
             "platform": {
                 "platform": detect_platform(self.settings.environ),
-                "resource": {key: value if isinstance(value, (str, int, float, bool)) else list(value) for key, value in resource.items()},
+                "resource": {
+                    key: value if isinstance(value, (str, int, float, bool)) else list(value)
+                    for key, value in resource.items()
+                },
                 "memoryLimit": {"bytes": limit.bytes, "source": limit.source} if limit is not None else None,
                 "cpuLimit": {"cpus": cpus.cpus, "source": cpus.source},
                 "servedBy": self.monitor.process().label,

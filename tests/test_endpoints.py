@@ -169,7 +169,9 @@ def test_health_before_the_first_evaluation_says_healthy(make_instance):
 
 
 def test_api_health_shows_statuses_only_without_the_token(make_instance):
-    instance = make_instance(checks={"database": lambda now: HealthCheckResult(UNHEALTHY, output="host=db password=pw")})
+    instance = make_instance(
+        checks={"database": lambda now: HealthCheckResult(UNHEALTHY, output="host=db password=pw")}
+    )
     instance.monitor.tick()
     status, body = instance.json(API_HEALTH)
     assert status == 200
@@ -211,7 +213,9 @@ def test_api_metrics_renders_what_the_meters_hold(make_instance):
         "http.server.request.duration", unit="s", explicit_bucket_boundaries_advisory=[0.01, 0.1, 1.0]
     )
     for status in [200] * 9 + [503]:
-        histogram.record(0.05, {"http.request.method": "GET", "http.route": "/items/<id>", "http.response.status_code": status})
+        histogram.record(
+            0.05, {"http.request.method": "GET", "http.route": "/items/<id>", "http.response.status_code": status}
+        )
     instance.meter.create_counter("app.requests").add(10)
     status, body = instance.json(API_METRICS, authorization=f"Bearer {TOKEN}")
     validate(API_METRICS, body)
@@ -254,15 +258,24 @@ def test_the_effective_configuration_masks_every_secret():
         assert planted not in text
     by_name = {entry["variable"]: entry for entry in configuration["otelRender"]}
     assert by_name["OTEL_RENDER_TOKEN"]["value"] == "[redacted]"
-    assert by_name["OTEL_RENDER_MEMORY_LIMIT_MB"] == {"variable": "OTEL_RENDER_MEMORY_LIMIT_MB", "value": 512, "source": "environment"}
-    assert configuration["standard"]["OTEL_EXPORTER_OTLP_HEADERS"] == "x-honeycomb-team=[redacted],authorization=[redacted]"
+    assert by_name["OTEL_RENDER_MEMORY_LIMIT_MB"] == {
+        "variable": "OTEL_RENDER_MEMORY_LIMIT_MB",
+        "value": 512,
+        "source": "environment",
+    }
+    assert (
+        configuration["standard"]["OTEL_EXPORTER_OTLP_HEADERS"]
+        == "x-honeycomb-team=[redacted],authorization=[redacted]"
+    )
     assert mask_headers("a=1, b = 2") == "a=[redacted],b=[redacted]"
 
 
 def test_secrets_in_error_contexts_and_checks_never_leave_through_any_endpoint(make_instance):
     instance = make_instance(
         {**SECRETS, "OTEL_RENDER_PUBLIC_ENDPOINTS": "false"},
-        checks={"database": lambda now: HealthCheckResult(UNHEALTHY, output="postgresql://app:planted-db-pw@db/shop down")},
+        checks={
+            "database": lambda now: HealthCheckResult(UNHEALTHY, output="postgresql://app:planted-db-pw@db/shop down")
+        },
     )
     diagnostics.errors.clear()
     try:
@@ -284,7 +297,10 @@ def test_secrets_in_error_contexts_and_checks_never_leave_through_any_endpoint(m
                 ),
             )
         instance.monitor.tick()
-        bodies = [instance.get(path, authorization=f"Bearer {TOKEN}")[2].decode() for path in (HEALTH, API_HEALTH, API_METRICS, API_DIAGNOSTICS)]
+        bodies = [
+            instance.get(path, authorization=f"Bearer {TOKEN}")[2].decode()
+            for path in (HEALTH, API_HEALTH, API_METRICS, API_DIAGNOSTICS)
+        ]
     finally:
         diagnostics.errors.clear()
     everything = "\n".join(bodies)

@@ -76,7 +76,13 @@ def test_unknown_memory_is_not_a_failure():
 
 def perf(total, errors, p95):
     return performance_result(
-        total=total, errors=errors, p95_s=p95, window_s=300, now=1.0, p95_limit_s=2.0, error_rate_limit=0.05,
+        total=total,
+        errors=errors,
+        p95_s=p95,
+        window_s=300,
+        now=1.0,
+        p95_limit_s=2.0,
+        error_rate_limit=0.05,
         min_requests=20,
     )
 
@@ -106,7 +112,13 @@ def test_the_instance_takes_the_worst_report_and_says_which_process_made_it():
     merged = merge_process_checks(
         [
             ("w0", {"schedulers": HealthCheckResult(HEALTHY, output="runs in w1")}),
-            ("w1", {"schedulers": HealthCheckResult(UNHEALTHY, output="scheduler dead"), "database": HealthCheckResult(HEALTHY)}),
+            (
+                "w1",
+                {
+                    "schedulers": HealthCheckResult(UNHEALTHY, output="scheduler dead"),
+                    "database": HealthCheckResult(HEALTHY),
+                },
+            ),
         ]
     )
     assert merged["schedulers"].status == UNHEALTHY and merged["schedulers"].output == "w1: scheduler dead"

@@ -49,7 +49,13 @@ from otel_render.health import (
 )
 from otel_render.local import summary
 from otel_render.local.reader import LocalMetricReader
-from otel_render.local.snapshot import InstanceMetrics, ProcessInfo, ProcessSnapshot, merge_instance, series_from_metrics_data
+from otel_render.local.snapshot import (
+    InstanceMetrics,
+    ProcessInfo,
+    ProcessSnapshot,
+    merge_instance,
+    series_from_metrics_data,
+)
 from otel_render.local.store import (
     InstanceStore,
     default_base_directory,
@@ -190,7 +196,9 @@ class InstanceMonitor:
                 self._store, self._owner = self._store_factory(self.settings)
             except Exception:  # pylint: disable=broad-except
                 self._store_failed = True
-                _logger.warning("otel-render: no instance directory; the endpoints show this process only", exc_info=True)
+                _logger.warning(
+                    "otel-render: no instance directory; the endpoints show this process only", exc_info=True
+                )
         return self._store
 
     def _store_call(self, action: Callable[[InstanceStore], Any], default: Any = None) -> Any:
@@ -272,7 +280,10 @@ class InstanceMonitor:
             if snapshot.process.key == own.process.key:
                 continue
             reports.append(
-                (snapshot.process.label, {name: HealthCheckResult.from_dict(raw) for name, raw in snapshot.checks.items()})
+                (
+                    snapshot.process.label,
+                    {name: HealthCheckResult.from_dict(raw) for name, raw in snapshot.checks.items()},
+                )
             )
         started = min((snapshot.process.started for snapshot in view.processes), default=own.process.started)
         self._status = build_status(

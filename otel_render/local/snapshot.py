@@ -34,7 +34,6 @@ from opentelemetry.sdk.metrics.export import (
     Histogram,
     HistogramDataPoint,
     MetricsData,
-    NumberDataPoint,
     Sum,
 )
 
@@ -178,12 +177,23 @@ def series_to_json(series: Series) -> dict[str, Any]:
         entry: dict[str, Any] = {"a": [list(pair) for pair in point.attributes]}
         if series.kind == HISTOGRAM:
             entry.update(
-                c=point.count, s=point.sum, b=list(point.bounds), n=list(point.bucket_counts), lo=point.min, hi=point.max
+                c=point.count,
+                s=point.sum,
+                b=list(point.bounds),
+                n=list(point.bucket_counts),
+                lo=point.min,
+                hi=point.max,
             )
         else:
             entry["v"] = point.value
         points.append(entry)
-    return {"name": series.name, "kind": series.kind, "unit": series.unit, "monotonic": series.monotonic, "points": points}
+    return {
+        "name": series.name,
+        "kind": series.kind,
+        "unit": series.unit,
+        "monotonic": series.monotonic,
+        "points": points,
+    }
 
 
 def series_from_json(raw: Mapping[str, Any]) -> Series:

@@ -49,11 +49,11 @@ from otel_render.local.snapshot import (
     ProcessInfo,
     ProcessSnapshot,
     Series,
-    series_from_json,
-    series_to_json,
     add_series,
     merge_instance,
     retained_part,
+    series_from_json,
+    series_to_json,
 )
 
 _logger = logging.getLogger("otel_render.local")
@@ -328,9 +328,7 @@ class InstanceStore:
             folded_now.append(path)
         if folded_now:
             # Forget keys whose files are gone: they can never be read again.
-            retired.folded = {
-                key for key in retired.folded if f"{SNAPSHOT_PREFIX}{key}.json" in existing
-            }
+            retired.folded = {key for key in retired.folded if f"{SNAPSHOT_PREFIX}{key}.json" in existing}
             data = json.dumps(retired.to_json(), separators=(",", ":"), allow_nan=False).encode()
             write_atomically(self.directory / RETIRED_FILE, data)
         if folded_now:
@@ -354,7 +352,9 @@ class InstanceStore:
             folded.add(key)
             label = data.get("process", {}).get("label")
             for name in RETIRED_RING_CAPACITY:
-                retired.setdefault(name, []).extend(_tag(record, label) for record in data.get("rings", {}).get(name, ()))
+                retired.setdefault(name, []).extend(
+                    _tag(record, label) for record in data.get("rings", {}).get(name, ())
+                )
         if not found:
             return
         for name, capacity in RETIRED_RING_CAPACITY.items():

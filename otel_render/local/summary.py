@@ -256,7 +256,11 @@ def database(view: InstanceMetrics) -> dict[str, Any]:
         return {"count": sum(point.count for point in group), "errors": errors, **quantiles(Buckets.of(group))}
 
     deadlines = [
-        {"pool": str(point.attribute(_POOL, "")), "phase": str(point.attribute("phase", "")), "count": _int(point.value)}
+        {
+            "pool": str(point.attribute(_POOL, "")),
+            "phase": str(point.attribute("phase", "")),
+            "count": _int(point.value),
+        }
         for point in view.points("otel_render.db.deadline.exceeded")
     ]
     return {
@@ -329,8 +333,14 @@ def recovery(view: InstanceMetrics) -> dict[str, Any]:
         }
         for point in view.points("otel_render.recovery.actions")
     ]
-    freed = {str(point.attribute("action", "")): _int(point.value) for point in view.points("otel_render.recovery.memory.freed")}
-    return {"actions": sorted(actions, key=lambda item: (item["rule"], item["action"], item["outcome"])), "memoryFreedBytes": freed}
+    freed = {
+        str(point.attribute("action", "")): _int(point.value)
+        for point in view.points("otel_render.recovery.memory.freed")
+    }
+    return {
+        "actions": sorted(actions, key=lambda item: (item["rule"], item["action"], item["outcome"])),
+        "memoryFreedBytes": freed,
+    }
 
 
 # --------------------------------------------------------------------------
@@ -467,7 +477,12 @@ def pipeline(view: InstanceMetrics) -> dict[str, Any]:
             "queueCapacity": _int(sum(point.value for point in view.points("otel.sdk.processor.span.queue.capacity"))),
         },
         "metricPoints": {"exported": points_exported, "exportFailed": points_failed},
-        "logs": {"processed": logs_processed, "dropped": logs_dropped, "exported": logs_exported, "exportFailed": logs_failed},
+        "logs": {
+            "processed": logs_processed,
+            "dropped": logs_dropped,
+            "exported": logs_exported,
+            "exportFailed": logs_failed,
+        },
         "exports": {
             "count": sum(point.count for point in durations),
             "failed": exports_failed,
@@ -484,7 +499,8 @@ def endpoints(view: InstanceMetrics) -> dict[str, Any]:
         status = str(point.attribute("http.response.status_code", ""))
         by_status[status] = by_status.get(status, 0) + _int(point.value)
     failures = {
-        str(point.attribute("http.route", "")): _int(point.value) for point in view.points("otel_render.endpoint.auth_failures")
+        str(point.attribute("http.route", "")): _int(point.value)
+        for point in view.points("otel_render.endpoint.auth_failures")
     }
     return {"requests": requests, "authFailures": failures}
 
@@ -509,9 +525,13 @@ def all_metrics(view: InstanceMetrics) -> list[dict[str, Any]]:
             entry: dict[str, Any] = {"attributes": point.attrs}
             if series.kind == HISTOGRAM:
                 buckets = Buckets(point.bounds, point.bucket_counts, point.count, point.sum, point.min, point.max)
-                entry.update(count=point.count, sum=_round(point.sum), min=point.min, max=point.max, **quantiles(buckets))
+                entry.update(
+                    count=point.count, sum=_round(point.sum), min=point.min, max=point.max, **quantiles(buckets)
+                )
             else:
                 entry["value"] = _int(point.value)
             points.append(entry)
-        result.append({"name": name, "kind": series.kind, "unit": series.unit, "monotonic": series.monotonic, "points": points})
+        result.append(
+            {"name": name, "kind": series.kind, "unit": series.unit, "monotonic": series.monotonic, "points": points}
+        )
     return result

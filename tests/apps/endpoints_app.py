@@ -79,7 +79,9 @@ def app(environ, start_response):
                 raise RuntimeError("the endpoints test app failed on purpose")
             except RuntimeError as exc:
                 headers = {
-                    key[5:].replace("_", "-").lower(): value for key, value in environ.items() if key.startswith("HTTP_")
+                    key[5:].replace("_", "-").lower(): value
+                    for key, value in environ.items()
+                    if key.startswith("HTTP_")
                 }
                 diagnostics.capture_error_context(
                     exc,

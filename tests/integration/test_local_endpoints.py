@@ -88,7 +88,9 @@ def test_instance_totals_equal_requests_sent_and_what_the_receiver_decoded(otlp_
             return body if total == sent and body["instance"]["processes"] == 3 else None
 
         body = wait_until(settled, timeout=20)
-        assert body, f"/api/metrics never showed {sent} requests from 3 processes: {instance_total(base)[0]}\n{server.output()}"
+        assert body, (
+            f"/api/metrics never showed {sent} requests from 3 processes: {instance_total(base)[0]}\n{server.output()}"
+        )
         workers = [process for process in body["processes"] if process["role"] == "worker"]
         assert len(workers) == 2 and all(process["rss"] > 0 for process in body["processes"])
         # Counted once at import: with --preload in the master only, however many workers inherit it.
@@ -98,7 +100,9 @@ def test_instance_totals_equal_requests_sent_and_what_the_receiver_decoded(otlp_
         assert otlp_receiver.latest_sum("app.boots") == (1 if preload else 2)
 
         # The telemetry pipeline reports itself (SDK self-metrics), per batch, not per span.
-        telemetry = wait_until(lambda: (t := get_json(base, "/api/metrics")[1]["telemetry"])["spans"]["exported"] > 0 and t, 20)
+        telemetry = wait_until(
+            lambda: (t := get_json(base, "/api/metrics")[1]["telemetry"])["spans"]["exported"] > 0 and t, 20
+        )
         assert telemetry and telemetry["spans"]["processed"] >= telemetry["spans"]["exported"] > 0
         names = {metric["name"] for metric in get_json(base, "/api/metrics")[1]["metrics"]}
         assert "otel.sdk.exporter.span.exported" in names and "otel.sdk.span.started" not in names
@@ -130,7 +134,11 @@ def test_workers_that_configure_otel_render_themselves_still_form_one_instance()
 def test_totals_never_drop_when_workers_are_recycled(otlp_receiver):
     port = free_port()
     command = gunicorn_command(
-        "endpoints_app:app", port=port, workers=2, preload=True, extra=["--max-requests", "7", "--max-requests-jitter", "0"]
+        "endpoints_app:app",
+        port=port,
+        workers=2,
+        preload=True,
+        extra=["--max-requests", "7", "--max-requests-jitter", "0"],
     )
     with AppProcess(command, env=app_env(), cwd=APPS) as server:
         base = f"http://127.0.0.1:{port}"
@@ -203,9 +211,19 @@ def test_planted_secrets_never_reach_an_endpoint_a_span_or_a_log_line(otlp_recei
     assert "[redacted]" in " ".join(exported)  # the query string was there, scrubbed
     assert "request failed: /fail?api_key=[redacted]" in output  # and the app's log line
     planted = [
-        "planted-header-token-1", SECRET_COOKIE, *SECRET_QUERY, WRONG_TOKEN, "planted-export-header-6", "s3cret-pw", TOKEN,
+        "planted-header-token-1",
+        SECRET_COOKIE,
+        *SECRET_QUERY,
+        WRONG_TOKEN,
+        "planted-export-header-6",
+        "s3cret-pw",
+        TOKEN,
     ]
-    for where, text in [("endpoint bodies", "\n".join(bodies)), ("exported telemetry", "\n".join(exported)), ("log output", output)]:
+    for where, text in [
+        ("endpoint bodies", "\n".join(bodies)),
+        ("exported telemetry", "\n".join(exported)),
+        ("log output", output),
+    ]:
         for secret in planted:
             assert secret not in text, f"{secret!r} leaked into the {where}"
 

@@ -47,8 +47,12 @@ def test_pipeline_self_metrics_are_emitted_documented_and_never_per_span(otlp_re
     assert lines["FLAG"] == "None"  # not left in the environment
     names = set(lines["NAMES"].split())
     sdk_names = {name for name in names if name.startswith("otel.sdk.")}
-    assert {"otel.sdk.processor.span.processed", "otel.sdk.exporter.span.exported",
-            "otel.sdk.exporter.metric_data_point.exported", "otel.sdk.metric_reader.collection.duration"} <= sdk_names
+    assert {
+        "otel.sdk.processor.span.processed",
+        "otel.sdk.exporter.span.exported",
+        "otel.sdk.exporter.metric_data_point.exported",
+        "otel.sdk.metric_reader.collection.duration",
+    } <= sdk_names
     assert not {"otel.sdk.span.started", "otel.sdk.span.live"} & sdk_names
     documented = set(re.findall(r"^\| `(otel\.sdk\.[a-z_.]+)` \|", DOCS.read_text(), re.MULTILINE))
     assert sdk_names <= documented, sorted(sdk_names - documented)

@@ -63,7 +63,9 @@ def test_the_instance_is_unhealthy_when_the_process_running_the_schedulers_says_
         tmp_path, {"schedulers": lambda now: HealthCheckResult(HEALTHY, output="jobs run in srv-w1")}
     )
     store.publish(
-        ProcessSnapshot(other_process, 1.0, {}, {"schedulers": {"status": UNHEALTHY, "output": "dead, restarts exhausted"}})
+        ProcessSnapshot(
+            other_process, 1.0, {}, {"schedulers": {"status": UNHEALTHY, "output": "dead, restarts exhausted"}}
+        )
     )
     monitor.tick()
     status = monitor.status()

@@ -92,8 +92,16 @@ def gauge(name: str, value: float) -> Series:
 def test_counters_and_histograms_are_summed_over_the_processes():
     view = merge_instance(
         [
-            process(1, 10.0, {"app.requests": counter("app.requests", 4, route="/"), "lat": histogram("lat", (1, 2, 0, 1), 3.0)}),
-            process(2, 11.0, {"app.requests": counter("app.requests", 6, route="/"), "lat": histogram("lat", (0, 1, 1, 0), 1.0)}),
+            process(
+                1,
+                10.0,
+                {"app.requests": counter("app.requests", 4, route="/"), "lat": histogram("lat", (1, 2, 0, 1), 3.0)},
+            ),
+            process(
+                2,
+                11.0,
+                {"app.requests": counter("app.requests", 6, route="/"), "lat": histogram("lat", (0, 1, 1, 0), 1.0)},
+            ),
         ]
     )
     assert view.points("app.requests")[0].value == 10
@@ -104,10 +112,22 @@ def test_counters_and_histograms_are_summed_over_the_processes():
 def test_per_process_metrics_and_gauges_are_kept_per_process_never_summed():
     view = merge_instance(
         [
-            process(1, 10.0, {"process.memory.usage": Series("process.memory.usage", SUM, "By", False, (Point((), value=100),)),
-                              "otel_render.db.status": gauge("otel_render.db.status", 1)}),
-            process(2, 11.0, {"process.memory.usage": Series("process.memory.usage", SUM, "By", False, (Point((), value=200),)),
-                              "otel_render.db.status": gauge("otel_render.db.status", 0)}),
+            process(
+                1,
+                10.0,
+                {
+                    "process.memory.usage": Series("process.memory.usage", SUM, "By", False, (Point((), value=100),)),
+                    "otel_render.db.status": gauge("otel_render.db.status", 1),
+                },
+            ),
+            process(
+                2,
+                11.0,
+                {
+                    "process.memory.usage": Series("process.memory.usage", SUM, "By", False, (Point((), value=200),)),
+                    "otel_render.db.status": gauge("otel_render.db.status", 0),
+                },
+            ),
         ]
     )
     rss = {point.attribute("process.pid"): point.value for point in view.points("process.memory.usage")}
@@ -142,7 +162,9 @@ def test_an_exited_process_leaves_its_event_counts_and_nothing_else():
 
 def test_histograms_with_different_bounds_are_not_mixed():
     other = Series("lat", HISTOGRAM, "s", True, (Point((), count=1, sum=1.0, bounds=(1.0,), bucket_counts=(1, 0)),))
-    view = merge_instance([process(1, 1.0, {"lat": histogram("lat", (1, 0, 0, 0), 0.05)}), process(2, 2.0, {"lat": other})])
+    view = merge_instance(
+        [process(1, 1.0, {"lat": histogram("lat", (1, 0, 0, 0), 0.05)}), process(2, 2.0, {"lat": other})]
+    )
     assert view.points("lat")[0].bounds == BOUNDS and view.points("lat")[0].count == 1
 
 

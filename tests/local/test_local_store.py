@@ -33,7 +33,9 @@ class Liveness:
 def snapshot(pid: int, requests: float, active: float = 0, collected_at: float = 1.0) -> ProcessSnapshot:
     series = {
         "app.requests": Series("app.requests", SUM, "", True, (Point((), value=requests),)),
-        "http.server.active_requests": Series("http.server.active_requests", SUM, "", False, (Point((), value=active),)),
+        "http.server.active_requests": Series(
+            "http.server.active_requests", SUM, "", False, (Point((), value=active),)
+        ),
     }
     return ProcessSnapshot(ProcessInfo(pid, 1000.0 + pid, f"w{pid}"), collected_at, series)
 

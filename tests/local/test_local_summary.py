@@ -87,7 +87,9 @@ def test_scheduler_jobs_and_states_are_reported_per_job_and_per_process():
         runs = meter.create_counter("otel_render.scheduler.job.runs")
         runs.add(9, {"scheduler.name": "main", "job.id": "count-items", "outcome": "success"})
         runs.add(1, {"scheduler.name": "main", "job.id": "count-items", "outcome": "error"})
-        meter.create_gauge("otel_render.scheduler.job.last_success").set(1700.0, {"scheduler.name": "main", "job.id": "count-items"})
+        meter.create_gauge("otel_render.scheduler.job.last_success").set(
+            1700.0, {"scheduler.name": "main", "job.id": "count-items"}
+        )
         state = meter.create_gauge("otel_render.scheduler.state")
         state.set(1, {"scheduler.name": "main", "state": "running"})
         state.set(0, {"scheduler.name": "main", "state": "dead"})
@@ -100,7 +102,10 @@ def test_scheduler_jobs_and_states_are_reported_per_job_and_per_process():
 
 def test_the_pipeline_section_reads_the_sdks_self_metrics():
     def sdk(meter):
-        attributes = {"otel.component.type": "batching_span_processor", "otel.component.name": "batching_span_processor/0"}
+        attributes = {
+            "otel.component.type": "batching_span_processor",
+            "otel.component.name": "batching_span_processor/0",
+        }
         processed = meter.create_counter("otel.sdk.processor.span.processed")
         processed.add(40, attributes)
         processed.add(2, {**attributes, "error.type": "queue_full"})

@@ -9,7 +9,7 @@ Usage::
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,10 @@ FILES = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validators() -> dict[str, Draft202012Validator]:
     schemas = {path: json.loads((SCHEMAS / name).read_text()) for path, name in FILES.items()}
-    registry = Registry().with_resources(
-        (schema["$id"], Resource.from_contents(schema)) for schema in schemas.values()
-    )
+    registry = Registry().with_resources((schema["$id"], Resource.from_contents(schema)) for schema in schemas.values())
     validators = {}
     for path, schema in schemas.items():
         Draft202012Validator.check_schema(schema)
