@@ -154,7 +154,8 @@ class InstanceMonitor:
     def _reset_state(self) -> None:
         self._store: InstanceStore | None = None
         self._owner = False
-        self._store_failed = False
+        self._store_unusable = False
+        self._store_warned = False
         self._view: InstanceMetrics | None = None
         self._status: EnhancedHealthStatus | None = None
         self._own_checks: dict[str, HealthCheckResult] = {}
@@ -190,28 +191,31 @@ class InstanceMonitor:
     # -- store ---------------------------------------------------------------------
 
     def store(self) -> InstanceStore | None:
-        """This process's store, or None when the directory cannot be used (logged once)."""
-        if self._store is None and not self._store_failed:
+        """This process's store, or None when there can be none (logged once)."""
+        if self._store is None and not self._store_unusable:
             try:
                 self._store, self._owner = self._store_factory(self.settings)
             except Exception:  # pylint: disable=broad-except
-                self._store_failed = True
+                self._store_unusable = True
                 _logger.warning(
                     "otel-render: no instance directory; the endpoints show this process only", exc_info=True
                 )
         return self._store
 
     def _store_call(self, action: Callable[[InstanceStore], Any], default: Any = None) -> Any:
+        """Run ``action`` on the store; a failure is logged once, and the next
+        call tries again (a full tmpfs empties, a deleted directory is made again)."""
         store = self.store()
         if store is None:
             return default
         try:
             return action(store)
         except Exception:  # pylint: disable=broad-except
-            if not self._store_failed:
-                self._store_failed = True
+            if not self._store_warned:
+                self._store_warned = True
                 _logger.warning(
-                    "otel-render: the instance directory %s is not usable; the endpoints show this process only",
+                    "otel-render: the instance directory %s is not usable now; the endpoints show this process "
+                    "only until it is",
                     store.directory,
                     exc_info=True,
                 )
@@ -234,8 +238,6 @@ class InstanceMonitor:
         )
 
     def _read(self, own: ProcessSnapshot) -> InstanceMetrics:
-        if self._store_failed:
-            return merge_instance([own])
         return self._store_call(lambda store: store.read(own), merge_instance([own]))
 
     def fresh_view(self) -> InstanceMetrics:

@@ -247,14 +247,17 @@ def series_from_metrics_data(data: MetricsData | None) -> dict[str, Series]:
 
 
 def _series_from_metric(name: str, unit: str, data: Any) -> Series | None:
+    """One metric as a plain series; points whose value is not a finite number
+    (NaN, infinity: JSON cannot carry them) are left out."""
     if isinstance(data, Histogram):
-        points = tuple(_histogram_point(point) for point in data.data_points)
+        points = tuple(_histogram_point(point) for point in data.data_points if math.isfinite(point.sum))
         return Series(name, HISTOGRAM, unit, True, points)
-    if isinstance(data, Sum):
-        points = tuple(Point(attribute_key(p.attributes), value=p.value) for p in data.data_points)
-        return Series(name, SUM, unit, bool(data.is_monotonic), points)
-    if isinstance(data, Gauge):
-        points = tuple(Point(attribute_key(p.attributes), value=p.value) for p in data.data_points)
+    if isinstance(data, (Sum, Gauge)):
+        points = tuple(
+            Point(attribute_key(p.attributes), value=p.value) for p in data.data_points if math.isfinite(p.value)
+        )
+        if isinstance(data, Sum):
+            return Series(name, SUM, unit, bool(data.is_monotonic), points)
         return Series(name, GAUGE, unit, False, points)
     return None
 

@@ -181,17 +181,24 @@ class InstanceStore:
             ensure_private_directory(self.directory)
             self._ready = True
 
+    def _write(self, path: Path, data: bytes) -> None:
+        self._prepare()
+        try:
+            write_atomically(path, data)
+        except FileNotFoundError:  # the directory was removed under us: make it again
+            self._ready = False
+            self._prepare()
+            write_atomically(path, data)
+
     def publish(self, snapshot: ProcessSnapshot) -> None:
         """Replace this process's file with ``snapshot``."""
-        self._prepare()
         data = json.dumps(snapshot.to_json(), separators=(",", ":"), allow_nan=False).encode()
-        write_atomically(self._snapshot_path(snapshot.process), data)
+        self._write(self._snapshot_path(snapshot.process), data)
 
     def publish_diagnostics(self, process: ProcessInfo, rings: Mapping[str, list[Any]]) -> None:
         """Replace this process's diagnostics records (errors, stalls, actions)."""
-        self._prepare()
         data = {"process": {"pid": process.pid, "started": process.started, "label": process.label}, "rings": rings}
-        write_atomically(self._diagnostics_path(process.key), json.dumps(data, default=str).encode())
+        self._write(self._diagnostics_path(process.key), json.dumps(data, default=str).encode())
 
     def read_diagnostics(self, own: ProcessInfo | None = None) -> dict[str, list[Any]]:
         """Every process's diagnostics records (live and exited), each tagged with

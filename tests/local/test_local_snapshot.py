@@ -209,3 +209,12 @@ def test_a_window_is_the_difference_of_two_cumulative_histograms():
     after = Buckets((1.0,), (5, 1), 6, 5.5)
     delta = after.minus(before)
     assert delta.counts == (3, 0) and delta.total == 3 and delta.sum == pytest.approx(1.5)
+
+
+def test_values_json_cannot_carry_are_left_out():
+    def record(meter):
+        meter.create_observable_gauge("app.ratio", [lambda _: [Observation(float("nan"), {"a": 1}), Observation(0.5)]])
+
+    series = recorded_series(record)
+    assert [point.value for point in series["app.ratio"].points] == [0.5]
+    json.dumps(ProcessSnapshot(ProcessInfo(1, 1.0), 1.0, series).to_json(), allow_nan=False)

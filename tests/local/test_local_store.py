@@ -158,3 +158,10 @@ def test_directories_of_runs_whose_owner_has_gone_are_removed(tmp_path):
         directory.mkdir(parents=True)
     assert InstanceStore.remove_abandoned(base, keep=Path("/nonexistent")) == 1
     assert ours.exists() and not gone.exists()
+
+
+def test_a_directory_removed_under_a_running_process_is_made_again(store):
+    store.publish(snapshot(2, 5))
+    store.remove_directory()
+    store.publish(snapshot(2, 6))
+    assert total(store) == 6
