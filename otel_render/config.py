@@ -24,7 +24,8 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -280,6 +281,114 @@ class Settings:
     # --- Scheduler (issue: scheduler) ----------------------------------------
 
     # --- Local endpoints and health (issue: endpoints) -----------------------
+    token: str = _var(
+        "OTEL_RENDER_TOKEN",
+        TEXT,
+        "",
+        "Bearer token for `/api/metrics`, `/api/diagnostics` and the details of `/api/health` "
+        "(`Authorization: Bearer <token>`). Empty: those answer 404 and `/api/health` shows statuses "
+        "only, unless `OTEL_RENDER_PUBLIC_ENDPOINTS=true`.",
+        "9f86d081884c7d659a2feaa0c55ad015",
+        secret=True,
+        section=_ENDPOINTS,
+    )
+    public_endpoints: bool = _var(
+        "OTEL_RENDER_PUBLIC_ENDPOINTS",
+        BOOL,
+        False,
+        "Serve every local endpoint, with details, without a token. For local runs only: the "
+        "diagnostics show stacks, routes and configuration (secrets masked).",
+        "true",
+        section=_ENDPOINTS,
+    )
+    endpoint_prefix: str = _var(
+        "OTEL_RENDER_ENDPOINT_PREFIX",
+        TEXT,
+        "/_otel",
+        "Where a local endpoint moves when the app routes the same path itself (Flask, Django): "
+        "`/health` becomes `/_otel/health`.",
+        "/_otel",
+        section=_ENDPOINTS,
+    )
+    health_interval_s: float = _var(
+        "OTEL_RENDER_HEALTH_INTERVAL_S",
+        number(float, 0.1, 300, "seconds"),
+        5.0,
+        "How often each process evaluates the health checks and publishes its metrics for the "
+        "instance view. Health requests are answered from the last evaluation.",
+        "5",
+        section=_ENDPOINTS,
+    )
+    health_check_timeout_s: float = _var(
+        "OTEL_RENDER_HEALTH_CHECK_TIMEOUT_S",
+        number(float, 0.05, 60, "seconds"),
+        2.0,
+        "A check that has not answered within this time is reported degraded (it keeps running in "
+        "the background; a health request never waits for it).",
+        "2",
+        section=_ENDPOINTS,
+    )
+    liveness_checks: tuple[str, ...] = _var(
+        "OTEL_RENDER_LIVENESS_CHECKS",
+        NAMES,
+        ("memory", "schedulers"),
+        "Checks whose `unhealthy` makes the instance unhealthy and `/health` answer 503. Any other "
+        "check's `unhealthy` only degrades the instance (a database outage is not fixed by restarting "
+        "the instance). `none`: `/health` answers 503 for nothing.",
+        "memory,schedulers,database",
+        section=_ENDPOINTS,
+    )
+    memory_warn_percent: float = _var(
+        "OTEL_RENDER_MEMORY_WARN_PERCENT",
+        number(float, 1, 100, "percent"),
+        80.0,
+        "Instance memory in use, as a share of the limit, above which memory is `degraded`.",
+        "80",
+        section=_ENDPOINTS,
+    )
+    memory_critical_percent: float = _var(
+        "OTEL_RENDER_MEMORY_CRITICAL_PERCENT",
+        number(float, 1, 100, "percent"),
+        95.0,
+        "Instance memory in use, as a share of the limit, above which memory is critical.",
+        "95",
+        section=_ENDPOINTS,
+    )
+    memory_critical_grace_s: float = _var(
+        "OTEL_RENDER_MEMORY_CRITICAL_GRACE_S",
+        number(float, 0, 3600, "seconds"),
+        30.0,
+        "How long memory may stay critical (the time recovery has to bring it back) before the "
+        "memory check turns `unhealthy`; until then it is `degraded`.",
+        "30",
+        section=_ENDPOINTS,
+    )
+    health_window_s: float = _var(
+        "OTEL_RENDER_HEALTH_WINDOW_S",
+        number(float, 10, 3600, "seconds"),
+        300.0,
+        "The recent window over which the performance check (and the recent figures of "
+        "`/api/health` and `/api/metrics`) measure p95 latency and error rate.",
+        "300",
+        section=_ENDPOINTS,
+    )
+    health_p95_s: float = _var(
+        "OTEL_RENDER_HEALTH_P95_S",
+        number(float, 0.001, 600, "seconds"),
+        2.0,
+        "p95 request latency over the window above which performance is `degraded`.",
+        "1.5",
+        section=_ENDPOINTS,
+    )
+    health_error_rate: float = _var(
+        "OTEL_RENDER_HEALTH_ERROR_RATE",
+        number(float, 0, 1),
+        0.05,
+        "Share of requests answered 5xx over the window above which performance is `degraded` "
+        "(at least 20 requests in the window); twice this share is `unhealthy`.",
+        "0.1",
+        section=_ENDPOINTS,
+    )
 
     # --- Recovery (issue: recovery) ------------------------------------------
 
@@ -376,3 +485,30 @@ def use_settings(settings: Settings | None) -> None:
     global _current
     with _lock:
         _current = settings
+
+
+#: The SDK reads this one flag only from ``os.environ`` (no constructor
+#: argument), when each processor, exporter and reader is built.
+SDK_SELF_METRICS_VARIABLE = "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED"
+
+
+@contextmanager
+def sdk_self_metrics(settings: Settings) -> Iterator[None]:
+    """Turn the SDK's own ``otel.sdk.*`` metrics on while the pipeline is built.
+
+    Processors, exporters and metric readers built inside the block count
+    what they process, export, drop and fail (per batch: no cost per span).
+    The flag is removed again afterwards, so tracers created later (one per
+    instrumentation) do not add two counter updates to every span, and child
+    processes do not inherit it. Only this non-secret flag is written; a
+    value the user set (``true`` for everything, ``false`` for nothing) is
+    left alone.
+    """
+    if settings.standard(SDK_SELF_METRICS_VARIABLE) is not None:
+        yield
+        return
+    os.environ[SDK_SELF_METRICS_VARIABLE] = "true"
+    try:
+        yield
+    finally:
+        os.environ.pop(SDK_SELF_METRICS_VARIABLE, None)

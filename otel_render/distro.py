@@ -38,9 +38,9 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.util._importlib_metadata import EntryPoint, entry_points
 
-from otel_render import diagnostics, lifecycle
+from otel_render import diagnostics, endpoints, lifecycle
 from otel_render.backends import PROTOCOL_GRPC, ExportPlan, SignalPlan, plan_export
-from otel_render.config import Settings, get_settings
+from otel_render.config import Settings, get_settings, sdk_self_metrics
 from otel_render.local.reader import LocalMetricReader
 from otel_render.platform import render_resource_attributes, user_resource_keys, without_user_keys
 from otel_render.version import __version__
@@ -91,7 +91,8 @@ def configure_sdk(auto_instrumentation_version: str | None = None) -> Pipeline |
             _logger.debug("otel-render: OTEL_SDK_DISABLED=true, nothing configured")
             return None
         try:
-            _pipeline = _build(settings, auto_instrumentation_version)
+            with sdk_self_metrics(settings):  # the SDK's otel.sdk.* pipeline metrics
+                _pipeline = _build(settings, auto_instrumentation_version)
         except Exception:  # pylint: disable=broad-except
             _logger.exception("otel-render: could not configure OpenTelemetry; the app runs without it")
             return None
@@ -152,6 +153,7 @@ def _build(settings: Settings, auto_instrumentation_version: str | None) -> Pipe
     # registration order) and our slot-based instance id is the one that stays.
     lifecycle.on_fork_child(lambda: apply_process_identity(pipeline))
     gunicorn.on_master_start(lambda: apply_process_identity(pipeline))
+    endpoints.install(pipeline)  # runtime meters, instance monitor, /health and /api/*
     gunicorn.install()
     lifecycle.install(settings.shutdown_timeout_s)
     _logger.info(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -147,3 +148,17 @@ def test_only_the_config_module_reads_the_process_environment():
         if path.name != "config.py" and re.search(r"os\.environ|os\.getenv|getenv\(", path.read_text())
     ]
     assert readers == []
+
+
+def test_sdk_self_metrics_are_on_only_while_the_pipeline_is_built(monkeypatch):
+    from otel_render.config import SDK_SELF_METRICS_VARIABLE, sdk_self_metrics
+
+    monkeypatch.delenv(SDK_SELF_METRICS_VARIABLE, raising=False)
+    with sdk_self_metrics(Settings.from_environ({})[0]):
+        assert os.environ[SDK_SELF_METRICS_VARIABLE] == "true"
+    assert SDK_SELF_METRICS_VARIABLE not in os.environ
+    # A value the user chose is theirs.
+    monkeypatch.setenv(SDK_SELF_METRICS_VARIABLE, "false")
+    with sdk_self_metrics(Settings.from_environ({SDK_SELF_METRICS_VARIABLE: "false"})[0]):
+        assert os.environ[SDK_SELF_METRICS_VARIABLE] == "false"
+    assert os.environ[SDK_SELF_METRICS_VARIABLE] == "false"

@@ -6,10 +6,21 @@ provider, next to the OTLP reader, with the same cardinality limits, so a
 number shown locally is a number the backend also gets. It is a pull reader:
 whoever needs fresh values calls :meth:`LocalMetricReader.refresh`; nothing is
 collected on the request path.
+
+After ``fork`` (gunicorn ``--preload``), a worker inherits the master's
+meter provider with every point the master had recorded. The master keeps
+reporting those itself, so :meth:`LocalMetricReader.reset_after_fork` clears,
+in the child, what counts events (counters and histograms, in every reader of
+the provider: the OTLP export as well), so that nothing is counted twice
+across the instance. Up-down counters and gauges describe state the child
+inherits along with the points (a connection pool's size, a queue's
+capacity), so they are kept. The SDK offers no public way to do this; the
+walk over its storage is guarded and logs once if the SDK changes shape.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +41,11 @@ from opentelemetry.sdk.metrics.export import (
     MetricReader,
     MetricsData,
 )
+
+_logger = logging.getLogger("otel_render.local")
+
+#: Instruments whose points count events (reset in a forked child).
+_EVENT_INSTRUMENTS = (Counter, Histogram, ObservableCounter)
 
 _CUMULATIVE = {
     kind: AggregationTemporality.CUMULATIVE
@@ -81,8 +97,47 @@ class LocalMetricReader(MetricReader):
             return self._latest
 
     def reset_after_fork(self) -> None:
+        """In a forked child: forget the parent's snapshot and the event counts
+        it had recorded in every reader of the provider (see the module docstring)."""
         self._lock = threading.Lock()
         self._latest = Snapshot(None, 0.0)
+        collect = self._collect
+        consumer = getattr(collect, "__self__", None) if collect is not None else None
+        if consumer is not None:
+            reset_inherited_points(consumer)
+
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         """Nothing to flush: the points never leave the process."""
+
+
+def reset_inherited_points(consumer: Any, now_ns: int | None = None) -> int:
+    """Clear counters and histograms in every reader storage of a provider's
+    measurement consumer, and give every SDK lock a fresh instance (a lock held
+    by another thread at fork time would stay held in the child forever).
+
+    Returns how many metric streams were cleared. Never raises.
+    """
+    start = now_ns if now_ns is not None else time.time_ns()
+    cleared = 0
+    try:
+        consumer._lock = threading.Lock()  # pylint: disable=protected-access
+        for storage in consumer._reader_storages.values():  # pylint: disable=protected-access
+            storage._lock = threading.RLock()  # pylint: disable=protected-access
+            for instrument, matches in list(storage._instrument_view_instrument_matches.items()):  # pylint: disable=protected-access
+                for match in matches:
+                    match._lock = threading.Lock()  # pylint: disable=protected-access
+                    if isinstance(instrument, _EVENT_INSTRUMENTS):
+                        match._attributes_aggregation = {}  # pylint: disable=protected-access
+                        match._previous_collection_start_nanos = start  # pylint: disable=protected-access
+                        cleared += 1
+                    else:
+                        for aggregation in match._attributes_aggregation.values():  # pylint: disable=protected-access
+                            aggregation._lock = threading.Lock()  # pylint: disable=protected-access
+    except (AttributeError, TypeError):
+        _logger.warning(
+            "otel-render: this OpenTelemetry SDK version stores metrics differently; points recorded before "
+            "fork may be counted again in each worker",
+            exc_info=True,
+        )
+    return cleared
