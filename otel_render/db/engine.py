@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import wrapt
-from opentelemetry.instrumentation.utils import unwrap
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
@@ -48,7 +47,7 @@ from otel_render.db import status as db_status
 from otel_render.db.circuit import ALLOWED, CLOSED, OPEN, CircuitBreaker
 from otel_render.db.pool import POOL_NAME, PoolInstruments, add_counts, pool_counts, pool_name_of_url
 from otel_render.db.query import describe
-from otel_render.db.status import Database
+from otel_render.db.status import Database, error_name
 from otel_render.scrub import default as scrubber
 from otel_render.web import gunicorn
 
@@ -80,11 +79,6 @@ class DatabaseUnavailableError(sa_exc.OperationalError):
 
     def __init__(self, message: str) -> None:
         super().__init__(None, None, CircuitOpen(message))
-
-
-def error_name(error: BaseException) -> str:
-    cls = type(error)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
 def short_message(error: BaseException) -> str:
@@ -203,6 +197,7 @@ class Hooks:
         self.breaker_on = settings.db_circuit_breaker
         self.query_text = settings.db_query_text
         self.installed = False
+        self._patched: list[tuple[Any, str, Any]] = []
         self._adopt_lock = threading.Lock()
         self._engine_listeners: list[tuple[str, Callable[..., Any]]] = [
             ("before_cursor_execute", self._before_cursor_execute),
@@ -221,25 +216,24 @@ class Hooks:
 
         for name, listener in self._engine_listeners:
             event.listen(Engine, name, listener)
-        wrapt.wrap_function_wrapper(Engine, "raw_connection", self._raw_connection)
+        self._patch(Engine, "raw_connection", self._raw_connection)
         for module in (sqlalchemy, sqlalchemy.engine, sqlalchemy.engine.create):
             if hasattr(module, "create_engine"):
-                wrapt.wrap_function_wrapper(module, "create_engine", _remember_choices)
+                self._patch(module, "create_engine", _remember_choices)
         self.installed = True
 
-    def uninstall(self) -> None:
-        import sqlalchemy  # pylint: disable=import-outside-toplevel
-        import sqlalchemy.engine  # pylint: disable=import-outside-toplevel
-        import sqlalchemy.engine.create  # pylint: disable=import-outside-toplevel
+    def _patch(self, owner: Any, name: str, wrapper: Callable[..., Any]) -> None:
+        self._patched.append((owner, name, owner.__dict__[name]))
+        wrapt.wrap_function_wrapper(owner, name, wrapper)
 
+    def uninstall(self) -> None:
         self.installed = False
         for name, listener in self._engine_listeners:
             if event.contains(Engine, name, listener):
                 event.remove(Engine, name, listener)
-        unwrap(Engine, "raw_connection")
-        for module in (sqlalchemy, sqlalchemy.engine, sqlalchemy.engine.create):
-            if isinstance(getattr(module, "create_engine", None), wrapt.ObjectProxy):
-                unwrap(module, "create_engine")
+        for owner, name, original in reversed(self._patched):
+            setattr(owner, name, original)
+        self._patched.clear()
         for state in states():
             self._release(state)
 
@@ -362,6 +356,8 @@ class Hooks:
             state.pool_listeners.append((pool, name, listener))
         state.current_pool = pool
         if first:
+            # A series from the start, so "no timeouts" reads as 0, not as missing.
+            self.instruments.timeouts.add(0, state.pool_attributes)
             self._log_defaults(state, applied)
 
     def _log_defaults(self, state: EngineState, applied: list[str]) -> None:

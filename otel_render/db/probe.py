@@ -149,7 +149,7 @@ class ProbeLoop(lifecycle.BackgroundLoop):
         try:
             latency = self.probe(database)
         except Exception as exc:  # pylint: disable=broad-except
-            error = f"{type(exc).__module__}.{type(exc).__qualname__}"
+            error = db_status.error_name(exc)
             database.tracker.record_probe(None)
             went_down = database.tracker.record_failure(error)
             database.breaker.record_failure()
@@ -159,12 +159,13 @@ class ProbeLoop(lifecycle.BackgroundLoop):
             else:
                 _logger.debug("otel-render: probe of %s failed (%s); next in %.1f s", database.name, error, delay)
             return False
+        was_down = database.tracker.status == DOWN
         database.tracker.record_probe(latency)
-        came_up = database.tracker.record_success()
+        database.tracker.record_success()
         database.breaker.record_success()
         schedule.probed(True, self.clock())
-        if came_up and schedule.attempt == 0:
-            _logger.info("otel-render: database %s answers again (probe %.1f ms)", database.name, latency * 1000)
+        if was_down:
+            _logger.warning("otel-render: database %s answers again (probe %.1f ms)", database.name, latency * 1000)
         return True
 
     def reset_after_fork(self) -> None:

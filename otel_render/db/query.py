@@ -26,7 +26,7 @@ MAX_QUERY_TEXT = 2048
 _TOKENS = re.compile(
     r"""
     (?P<comment>--[^\n]*|/\*.*?(?:\*/|$))
-    | (?P<dollar>\$(?P<tag>[A-Za-z_][A-Za-z0-9_]*)?\$.*?(?:\$(?P=tag)?\$|$))
+    | (?P<dollar>\$\$.*?(?:\$\$|$)|\$(?P<tag>[A-Za-z_][A-Za-z0-9_]*)\$.*?(?:\$(?P=tag)\$|$))
     | (?P<string>(?:[EeNnXxBbUu]&?)?'(?:[^'\\]|''|\\.)*(?:'|$))
     | (?P<quoted>"(?:[^"]|"")*"|`[^`]*`)
     | (?P<placeholder>%\([^)]*\)s|%s|\?|:[A-Za-z_][A-Za-z0-9_]*|\$\d+)

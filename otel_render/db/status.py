@@ -30,6 +30,15 @@ DOWN = "down"
 UNKNOWN = "unknown"
 
 
+def error_name(error: BaseException) -> str:
+    """``psycopg2.OperationalError``: the driver's error class, also under SQLAlchemy's wrapper."""
+    original = getattr(error, "orig", None)  # sqlalchemy.exc.DBAPIError wraps the driver's error
+    if isinstance(original, BaseException):
+        error = original
+    cls = type(error)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
 @dataclass(frozen=True)
 class ConnectionCounts:
     """Connections of one database's pools right now."""
