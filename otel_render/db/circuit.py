@@ -5,10 +5,19 @@ would otherwise wait for its own deadline, and with sync workers all of them
 end up parked on dead sockets. The breaker opens on a hard failure (a
 connection that cannot be made, a statement or ping cut off by the client-side
 deadline, a failed background probe): from then on checkouts fail at once with
-a clear error. After ``half_open_interval_s`` it lets exactly one checkout
-through as a trial; the trial's success closes it, its failure keeps it open
-for another interval. So service resumes within about one interval of the
-database answering again, whatever the background probe's backoff is doing.
+a clear error. Every ``half_open_interval_s`` it lets exactly one trial
+through; the trial's success closes it, its failure keeps it open for another
+interval. So service resumes within about one interval of the database
+answering again, whatever the background probe's backoff is doing.
+
+The trial is taken by the background probe thread (:meth:`take_trial`), not
+by a request: behind a hung network a trial waits for its whole deadline, and
+a sync worker would be parked for that long once a second. It is taken only
+when requests were turned away since the last one: an idle app leaves the
+database to the probe's backoff. Requests only ever get a trial (from
+:meth:`allow`) when the background has not taken one for
+``request_trial_after_s`` past its due time, so a process without the probe
+thread still recovers.
 
 States: ``closed`` -> ``open`` -> ``half_open`` (one trial in flight) ->
 ``closed`` or ``open``. Pure logic with an injected clock; thread-safe; the
@@ -45,6 +54,8 @@ class CircuitBreaker:
 
     ``trial_timeout_s`` frees the trial slot if a trial never reports back
     (its thread was killed), so the breaker cannot stay stuck half-open.
+    ``request_trial_after_s`` (default: two intervals) is how late the
+    background trial may be before a request takes it.
     """
 
     def __init__(
@@ -53,9 +64,13 @@ class CircuitBreaker:
         half_open_interval_s: float = 1.0,
         failure_threshold: int = 1,
         trial_timeout_s: float = 60.0,
+        request_trial_after_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.half_open_interval_s = half_open_interval_s
+        self.request_trial_after_s = (
+            2 * half_open_interval_s if request_trial_after_s is None else request_trial_after_s
+        )
         self.failure_threshold = max(1, failure_threshold)
         self.trial_timeout_s = trial_timeout_s
         self.clock = clock
@@ -64,6 +79,7 @@ class CircuitBreaker:
         self._opened_at: float | None = None
         self._next_trial_at = 0.0
         self._trial_started: float | None = None
+        self._turned_away_at: float | None = None
         self._lock = threading.Lock()
 
     @property
@@ -76,20 +92,38 @@ class CircuitBreaker:
         return self._opened_at
 
     def allow(self) -> Decision:
-        """Ask before a checkout. Closed: always. Open: one trial per interval."""
+        """Ask before a request's checkout: closed, always; open, no (see the module docstring)."""
         if self._state == CLOSED:
             return ALLOWED
+        return self._trial(self.request_trial_after_s, request=True)
+
+    def take_trial(self) -> bool:
+        """For the background thread: True when it should run the trial now
+        (open, due, and requests were turned away since the last trial)."""
+        if self._state == CLOSED or self._turned_away_at is None:
+            return False
+        return self._trial(0.0).trial
+
+    def _trial(self, lateness_s: float, request: bool = False) -> Decision:
         with self._lock:
             now = self.clock()
             if self._state == CLOSED:
                 return ALLOWED
+            if request and self._turned_away_at is None:
+                self._turned_away_at = now
             if self._trial_started is not None and now - self._trial_started < self.trial_timeout_s:
                 return Decision(False, retry_in_s=self.half_open_interval_s)
-            if now >= self._next_trial_at:
+            due = self._next_trial_at
+            if request:
+                # Late means late for the background, which only tries once
+                # requests are being turned away.
+                due = max(due, self._turned_away_at or due)
+            if now >= due + lateness_s:
                 self._state = HALF_OPEN
                 self._trial_started = now
+                self._turned_away_at = None
                 return Decision(True, trial=True)
-            return Decision(False, retry_in_s=self._next_trial_at - now)
+            return Decision(False, retry_in_s=max(0.0, self._next_trial_at - now))
 
     def record_success(self) -> str | None:
         """The database answered. Returns the new state if it changed."""
@@ -101,6 +135,7 @@ class CircuitBreaker:
             self._failures = 0
             self._opened_at = None
             self._trial_started = None
+            self._turned_away_at = None
             return CLOSED if previous != CLOSED else None
 
     def record_failure(self, *, trial: bool = False) -> str | None:
@@ -145,3 +180,4 @@ class CircuitBreaker:
         self._opened_at = None
         self._next_trial_at = 0.0
         self._trial_started = None
+        self._turned_away_at = None

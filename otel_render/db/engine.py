@@ -198,6 +198,7 @@ class Hooks:
         self.query_text = settings.db_query_text
         self.installed = False
         self._patched: list[tuple[Any, str, Any]] = []
+        self._logged_databases: set[str] = set()
         self._adopt_lock = threading.Lock()
         self._engine_listeners: list[tuple[str, Callable[..., Any]]] = [
             ("before_cursor_execute", self._before_cursor_execute),
@@ -380,9 +381,9 @@ class Hooks:
             applied.append(f"circuit breaker, one trial every {self.settings.db_half_open_s:g} s (OTEL_RENDER_DB_CIRCUIT_BREAKER)")
         if deadlines.capped_by_worker_timeout:
             applied.append("deadlines kept below gunicorn's worker timeout")
-        if state.database.name in _logged_databases:
+        if state.database.name in self._logged_databases:
             return
-        _logged_databases.add(state.database.name)
+        self._logged_databases.add(state.database.name)
         _logger.info("otel-render: database %s: %s", state.database.name, "; ".join(applied) or "no defaults applied")
 
     def _server_timeout_sql(self, state: EngineState) -> str | None:
@@ -624,7 +625,7 @@ class Hooks:
         span.end()
         self.instruments.operation_duration.record(duration, {**execution.metric_attributes, "error.type": kind})
         request_context.add_db_query(duration)
-        if exception_context.is_disconnect:
+        if exception_context.is_disconnect and not fired:
             # The connection broke under a statement: the database may be
             # going away. Reported at once; the breaker waits for a failed
             # reconnect (or a deadline), so one dropped connection does not
@@ -721,7 +722,6 @@ def _remember_choices(wrapped: Callable[..., Any], instance: Any, args: tuple, k
 
 
 _logged: set[str] = set()
-_logged_databases: set[str] = set()
 
 
 def _log_once(key: str, message: str, **kwargs: Any) -> None:

@@ -12,6 +12,11 @@ database comes back. Requests do not wait for the probe: the circuit
 breaker's half-open trial lets traffic resume within about a second whatever
 the backoff is at.
 
+While a database's circuit is open, this thread also runs the breaker's
+half-open trial once per ``OTEL_RENDER_DB_HALF_OPEN_S`` (see
+:mod:`otel_render.db.circuit`): that trial, not the backoff, is what brings
+service back within about a second; requests keep failing fast meanwhile.
+
 A probe success marks the database up and closes its breaker; a failure marks
 it down and opens it. :func:`request_probe` (for the recovery module) makes
 every database's next probe due now. :class:`ProbeSchedule` and
@@ -139,20 +144,24 @@ class ProbeLoop(lifecycle.BackgroundLoop):
             return
         for database in db_status.databases():
             schedule = self.schedule(database)
+            if database.breaker.take_trial():
+                self.probe_once(database, schedule, trial=True)
+                continue
             now = self.clock()
             if database.tracker.status == DOWN:
                 schedule.went_down(now)
             if schedule.due(now):
                 self.probe_once(database, schedule)
 
-    def probe_once(self, database: Database, schedule: ProbeSchedule) -> bool:
+    def probe_once(self, database: Database, schedule: ProbeSchedule, *, trial: bool = False) -> bool:
+        """Probe ``database`` once (as the circuit's trial when ``trial``) and record the outcome."""
         try:
             latency = self.probe(database)
         except Exception as exc:  # pylint: disable=broad-except
             error = db_status.error_name(exc)
             database.tracker.record_probe(None)
             went_down = database.tracker.record_failure(error)
-            database.breaker.record_failure()
+            database.breaker.record_failure(trial=trial)
             delay = schedule.probed(False, self.clock())
             if went_down:
                 _logger.warning("otel-render: database %s is down (%s); probing again with backoff", database.name, error)
@@ -162,10 +171,15 @@ class ProbeLoop(lifecycle.BackgroundLoop):
         was_down = database.tracker.status == DOWN
         database.tracker.record_probe(latency)
         database.tracker.record_success()
-        database.breaker.record_success()
+        closed = database.breaker.record_success()
         schedule.probed(True, self.clock())
-        if was_down:
-            _logger.warning("otel-render: database %s answers again (probe %.1f ms)", database.name, latency * 1000)
+        if was_down or closed:
+            _logger.warning(
+                "otel-render: database %s answers again (probe %.1f ms)%s",
+                database.name,
+                latency * 1000,
+                "; circuit closed" if closed else "",
+            )
         return True
 
     def reset_after_fork(self) -> None:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import sqlalchemy
+from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool, QueuePool
 
 from otel_render.db.pool import pool_counts, pool_name, pool_name_of_url
 
 
 def test_pool_name_has_no_user_password_or_query():
-    url = sqlalchemy.make_url("postgresql+psycopg2://app:s3cret-pw@db.internal:5433/shop?sslmode=require&password=x")
+    url = make_url("postgresql+psycopg2://app:s3cret-pw@db.internal:5433/shop?sslmode=require&password=x")
     name = pool_name_of_url(url)
     assert name == "postgresql://db.internal:5433/shop"
     assert "s3cret" not in name and "app@" not in name
-    assert pool_name_of_url(sqlalchemy.make_url("sqlite:///data/app.db")) == "sqlite:///data/app.db"
-    assert pool_name_of_url(sqlalchemy.make_url("sqlite://")) == "sqlite://"
+    assert pool_name_of_url(make_url("sqlite:///data/app.db")) == "sqlite:///data/app.db"
+    assert pool_name_of_url(make_url("sqlite://")) == "sqlite://"
     assert pool_name("mysql", "h", None, "d") == "mysql://h/d"
 
 

@@ -66,10 +66,9 @@ def database(monkeypatch):
     return database, clock
 
 
-def test_loop_probes_a_down_database_with_backoff_and_closes_the_circuit_when_it_answers(database):
-    database, clock = database
-    outcomes = iter([ConnectionError("refused"), ConnectionError("refused"), 0.004])
+def scripted(clock, outcomes):
     probed_at = []
+    outcomes = iter(outcomes)
 
     def probe(target):
         probed_at.append(clock.now)
@@ -78,17 +77,48 @@ def test_loop_probes_a_down_database_with_backoff_and_closes_the_circuit_when_it
             raise outcome
         return outcome
 
+    return probe, probed_at
+
+
+def run(loop, clock, seconds):
+    """Tick the loop every quarter second for ``seconds``, without sleeping."""
+    start = clock.now
+    for step in range(int(seconds * 4) + 1):
+        clock.now = start + step * 0.25
+        loop.tick()
+
+
+def test_a_down_database_is_probed_with_backoff(database):
+    database, clock = database
+    probe, probed_at = scripted(clock, [ConnectionError("refused")] * 3 + [0.004])
+    loop = ProbeLoop(probe, interval_up_s=30.0, clock=clock, rng=lambda: 1.0)
+    database.tracker.record_failure("psycopg2.OperationalError")
+    database.breaker.record_failure()  # open, but no request is turned away: an idle app
+    run(loop, clock, 20)
+    # First retry after 1 s, then 1, 2, 4 s (full jitter at its ceiling).
+    assert probed_at == [1.0, 2.0, 4.0, 8.0]
+    assert database.tracker.status == UP
+    assert database.tracker.probe_latency_s == 0.004
+
+
+def test_while_the_circuit_is_open_the_loop_runs_its_trial_every_interval_and_closes_it(database):
+    database, clock = database
+    probe, probed_at = scripted(clock, [ConnectionError("refused"), ConnectionError("refused"), 0.002])
     loop = ProbeLoop(probe, interval_up_s=30.0, clock=clock, rng=lambda: 1.0)
     database.tracker.record_failure("psycopg2.OperationalError")
     database.breaker.record_failure()
-    for step in range(80):  # 20 s in quarter seconds, no sleeping
-        clock.now = step * 0.25
-        loop.tick()
-    # Down at 0: first retry after 1 s, then 1 s, then 2 s (full jitter at its ceiling).
-    assert probed_at == [1.0, 2.0, 4.0]
-    assert database.tracker.status == UP
-    assert database.tracker.probe_latency_s == 0.004
+    original_tick = loop.tick
+
+    def tick_with_traffic():
+        database.breaker.allow()  # requests keep arriving and are turned away
+        original_tick()
+
+    loop.tick = tick_with_traffic
+    run(loop, clock, 10)
+    # One trial per half-open interval (1 s), whatever the backoff says.
+    assert probed_at == [1.0, 2.0, 3.0]
     assert database.breaker.state == CLOSED
+    assert database.tracker.status == UP
 
 
 def test_a_failed_probe_marks_the_database_down_and_opens_the_circuit(database):
