@@ -53,6 +53,9 @@ class StatusTracker:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
+        self._forget()
+
+    def _forget(self) -> None:
         self.status = UNKNOWN
         self.since: float | None = None
         self.last_error: str | None = None
@@ -98,7 +101,7 @@ class StatusTracker:
 
     def reset(self) -> None:
         """Forget everything (a forked child starts unknown, with a fresh lock)."""
-        self.__init__(self.clock)  # type: ignore[misc]
+        self._forget()
 
 
 @dataclass
