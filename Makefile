@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: demo test test-unit test-matrix bench chaos services clean
+.PHONY: demo test test-unit test-matrix test-sqlalchemy-versions bench chaos services clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "otel-render needs Python 3.10 or newer"'
@@ -39,6 +39,10 @@ test-unit: $(VENV)/.installed
 ## test-matrix: the unit tests on every other Python 3.10+ this machine has
 test-matrix:
 	@sh scripts/test-matrix.sh
+
+## test-sqlalchemy-versions: the database tests on SQLAlchemy 1.4 and 2.0 (the suite itself runs on 2.1)
+test-sqlalchemy-versions: services
+	@sh scripts/test-sqlalchemy-versions.sh $(PYTEST_ARGS)
 
 ## bench: benchmarks, each side by side with plain OpenTelemetry in the same run
 bench: $(VENV)/.installed

@@ -30,8 +30,10 @@ from opentelemetry.util._importlib_metadata import entry_points
 
 from otel_render.backends import PROTOCOL_HTTP, plan_export
 from otel_render.config import Settings, declared_variables, parse_process_environment
+from otel_render.db import sizing
 from otel_render.distro import CONFIGURATOR_NAME, DISTRO_NAME, SUPERSEDED_CONTRIB_INSTRUMENTORS, build_resource
 from otel_render.platform import cpu_limit, detect_platform, instance_memory_in_use, memory_limit
+from otel_render.scrub import default as scrubber
 from otel_render.version import __version__
 
 OK, WARN, FAIL, INACTIVE = "ok", "warn", "fail", "inactive"
@@ -189,7 +191,42 @@ def _probe(signal: str, endpoint: str, headers: dict[str, str], timeout_s: float
     return Finding("connectivity", WARN, f"{signal}: {endpoint} answered {status} in {elapsed_ms:.0f} ms")
 
 
-def doctor(settings: Settings, problems: Sequence[str], *, connect: bool = True) -> list[Finding]:
+@dataclass(frozen=True)
+class PoolOptions:
+    """What doctor is told about the app's pools (see :mod:`otel_render.db.sizing`)."""
+
+    database_url: str | None = None
+    workers: int | None = None
+    instances: int = 1
+    pool_size: int = sizing.DEFAULT_POOL_SIZE
+    max_overflow: int = sizing.DEFAULT_MAX_OVERFLOW
+
+
+def check_database_pool(settings: Settings, options: PoolOptions, *, connect: bool = True) -> list[Finding]:
+    """Warn when instances x workers x (pool_size + max_overflow) exceeds ``max_connections``."""
+    url = options.database_url or settings.standard("DATABASE_URL")
+    workers, source = sizing.workers_from(settings.environ, options.workers)
+    demand = sizing.PoolDemand(options.instances, workers, source, options.pool_size, options.max_overflow)
+    if not url:
+        return [Finding("database", OK, f"pool sizing: {demand.describe()}; no DATABASE_URL to compare with")]
+    limits = None
+    findings = []
+    if connect:
+        try:
+            limits = sizing.read_server_limits(url)
+        except Exception as exc:  # pylint: disable=broad-except
+            reason = scrubber.text(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            findings.append(
+                Finding("database", WARN, f"{sizing.shown_url(url)}: cannot read max_connections ({type(exc).__name__}: {reason})")
+            )
+    fits, message = sizing.advice(demand, limits)
+    findings.append(Finding("database", OK if fits else WARN, f"{sizing.shown_url(url)}: {message}"))
+    return findings
+
+
+def doctor(
+    settings: Settings, problems: Sequence[str], *, connect: bool = True, pools: PoolOptions | None = None
+) -> list[Finding]:
     findings = [
         *check_activation(settings),
         *check_configuration(settings, problems),
@@ -201,6 +238,7 @@ def doctor(settings: Settings, problems: Sequence[str], *, connect: bool = True)
     ]
     if connect:
         findings += check_connectivity(settings)
+    findings += check_database_pool(settings, pools or PoolOptions(), connect=connect)
     return findings
 
 
@@ -219,6 +257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     doctor_parser = commands.add_parser("doctor", help="check the configuration and the backend")
     doctor_parser.add_argument("--json", action="store_true", help="print findings as JSON")
     doctor_parser.add_argument("--no-connect", action="store_true", help="skip the connectivity check")
+    pools = doctor_parser.add_argument_group("database pool sizing")
+    pools.add_argument("--database-url", help="database to compare with (default: DATABASE_URL)")
+    pools.add_argument("--workers", type=int, help="gunicorn workers per instance (default: WEB_CONCURRENCY, GUNICORN_CMD_ARGS, 1)")
+    pools.add_argument("--instances", type=int, default=1, help="instances of the service (default: 1)")
+    pools.add_argument("--pool-size", type=int, default=sizing.DEFAULT_POOL_SIZE, help="pool_size of the app's engine (default: 5)")
+    pools.add_argument("--max-overflow", type=int, default=sizing.DEFAULT_MAX_OVERFLOW, help="max_overflow (default: 10)")
     commands.add_parser("variables", help="list every variable otel-render reads")
     args = parser.parse_args(argv)
 
@@ -229,7 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     settings, problems = parse_process_environment()
-    findings = doctor(settings, [problem.message for problem in problems], connect=not args.no_connect)
+    pools = PoolOptions(args.database_url, args.workers, args.instances, args.pool_size, args.max_overflow)
+    findings = doctor(settings, [problem.message for problem in problems], connect=not args.no_connect, pools=pools)
     code = exit_code(findings)
     if args.json:
         print(json.dumps({"exit_code": code, "findings": [asdict(f) for f in findings]}, indent=2))

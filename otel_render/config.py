@@ -277,6 +277,97 @@ class Settings:
     # --- Web requests (issue: web) -------------------------------------------
 
     # --- Database (issue: database) ------------------------------------------
+    db_timeout_s: float = _var(
+        "OTEL_RENDER_DB_TIMEOUT_S",
+        number(float, 0, 3600, "seconds"),
+        30.0,
+        "Deadline of one SQL statement: set server-side (PostgreSQL `statement_timeout`, MySQL/MariaDB) "
+        "and enforced client-side (the connection is cut shortly after it). Under gunicorn it stays below "
+        "80 % of the worker timeout. 0 turns statement deadlines off.",
+        "30",
+        section=_DB,
+    )
+    db_connect_timeout_s: float = _var(
+        "OTEL_RENDER_DB_CONNECT_TIMEOUT_S",
+        number(float, 0, 300, "seconds"),
+        5.0,
+        "Connect timeout given to the driver (libpq `connect_timeout`, PyMySQL, asyncpg) unless the app sets "
+        "its own; also the deadline of the pre-ping. 0 leaves the driver's default.",
+        "5",
+        section=_DB,
+    )
+    db_pre_ping: bool = _var(
+        "OTEL_RENDER_DB_PRE_PING",
+        BOOL,
+        True,
+        "Test each pooled connection on checkout (`pool_pre_ping`) unless the app passed `pool_pre_ping` "
+        "itself, so that connections dropped by a database restart are replaced before a request uses them.",
+        "false",
+        section=_DB,
+    )
+    db_server_timeout: bool = _var(
+        "OTEL_RENDER_DB_SERVER_TIMEOUT",
+        BOOL,
+        True,
+        "Set the server-side statement timeout on each new connection (one `SET` per connection). "
+        "Switch off when a connection pooler in front of the database does not keep session settings.",
+        "false",
+        section=_DB,
+    )
+    db_keepalives: bool = _var(
+        "OTEL_RENDER_DB_KEEPALIVES",
+        BOOL,
+        True,
+        "TCP keepalives (first probe after 30 s idle) and libpq `tcp_user_timeout` on new PostgreSQL "
+        "connections, unless the app sets them, so that a lost network path ends the connection.",
+        "false",
+        section=_DB,
+    )
+    db_circuit_breaker: bool = _var(
+        "OTEL_RENDER_DB_CIRCUIT_BREAKER",
+        BOOL,
+        True,
+        "Fail checkouts at once while the database is unreachable (after a connection failure or a "
+        "deadline), instead of letting every request wait for its own timeout.",
+        "false",
+        section=_DB,
+    )
+    db_half_open_s: float = _var(
+        "OTEL_RENDER_DB_HALF_OPEN_S",
+        number(float, 0.1, 60, "seconds"),
+        1.0,
+        "While the circuit is open, one trial checkout is let through this often; the first that "
+        "succeeds closes it.",
+        "1",
+        section=_DB,
+    )
+    db_probe_interval_s: float = _var(
+        "OTEL_RENDER_DB_PROBE_INTERVAL_S",
+        number(float, 0, 3600, "seconds"),
+        30.0,
+        "How often the background probe checks a database that is up (a database that is down is probed "
+        "with backoff: at most 1, 2, 4, 8, 16 s apart, fully jittered). 0: probe only while it is down.",
+        "30",
+        section=_DB,
+    )
+    db_query_text: bool = _var(
+        "OTEL_RENDER_DB_QUERY_TEXT",
+        BOOL,
+        True,
+        "Record `db.query.text` on statement spans, with every literal replaced by `?` and comments "
+        "removed (bound values are never recorded).",
+        "false",
+        section=_DB,
+    )
+    db_fork_safety: bool = _var(
+        "OTEL_RENDER_DB_FORK_SAFETY",
+        BOOL,
+        True,
+        "In each forked gunicorn worker, drop the connections inherited from the master without closing "
+        "them (`engine.dispose(close=False)`), and close the master's own before it forks.",
+        "false",
+        section=_DB,
+    )
 
     # --- Scheduler (issue: scheduler) ----------------------------------------
 

@@ -53,7 +53,9 @@ CONFIGURATOR_NAME = "otel_render"
 
 #: Contrib instrumentations that ours replace: loading both would make two
 #: server spans per request or two spans per query. Later integrations add to it.
-SUPERSEDED_CONTRIB_INSTRUMENTORS: set[str] = set()
+SUPERSEDED_CONTRIB_INSTRUMENTORS: set[str] = {
+    "sqlalchemy",  # otel_render.db: also SQLAlchemy 2.1, pool meters, deadlines, circuit breaker
+}
 
 
 @dataclass
