@@ -53,6 +53,7 @@ from otel_render.scheduler.runs import JobRunTracer, RunRegistry
 from otel_render.scheduler.shutdown import GracefulStop, register_exit_hook
 from otel_render.scheduler.supervisor import Supervisor, gunicorn_role
 from otel_render.version import __version__
+from otel_render.web import gunicorn
 
 _logger = logging.getLogger("otel_render.scheduler")
 
@@ -310,8 +311,10 @@ class APSchedulerInstrumentor(RenderInstrumentor):
         )
         _install_process_hooks()
         if loop is not None:
-            # Fork handling and the exit flush, also when another distro configured the SDK.
+            # Fork handling, the exit flush and gunicorn's roles, also when
+            # another distro configured the SDK (all idempotent).
             lifecycle.install(settings.shutdown_timeout_s)
+            gunicorn.install()
 
     def _uninstrument(self, **kwargs: Any) -> None:
         global _active
