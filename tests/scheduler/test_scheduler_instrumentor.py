@@ -196,3 +196,36 @@ def test_uninstrument_restores_apscheduler(instrument):
     assert harness.spans() == []
     # The fixture uninstruments again at teardown: a no-op.
     scheduler_instrumentor.APSchedulerInstrumentor().instrument()
+
+
+async def fetch_rates():
+    return trace.get_current_span().get_span_context().trace_id
+
+
+def test_an_asyncio_scheduler_traces_coroutine_jobs(instrument):
+    import asyncio
+
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    harness = instrument()
+    loop = asyncio.new_event_loop()
+    scheduler = AsyncIOScheduler(event_loop=loop)
+    job = scheduler.add_job(fetch_rates, "interval", seconds=0.05, id="fetch-rates")
+    results = []
+    scheduler.add_listener(lambda event: results.append(event.retval), mask=2**12)  # EVENT_JOB_EXECUTED
+
+    async def run_for_a_while():
+        scheduler.start()
+        while len(harness.spans("job fetch-rates")) < 2:
+            await asyncio.sleep(0.01)
+        scheduler.shutdown(wait=False)
+        await asyncio.sleep(0.01)
+
+    try:
+        loop.run_until_complete(asyncio.wait_for(run_for_a_while(), 15))
+    finally:
+        loop.close()
+    spans = harness.spans("job fetch-rates")
+    assert spans[0].attributes["scheduler.name"] == "AsyncIOScheduler"
+    assert spans[0].attributes["job.id"] == job.id
+    assert results[0] == spans[0].context.trace_id  # the span was current inside the coroutine

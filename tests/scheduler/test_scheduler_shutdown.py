@@ -56,7 +56,8 @@ def test_a_job_past_the_deadline_is_abandoned_and_does_not_hold_the_exit(instrum
     scheduler.add_job(export_everything, "date", run_date=datetime.now(timezone.utc), id="export")
     scheduler.start()
     assert entered.wait(15)
-    assert threads[0] in pool_threads._threads_queues
+    # (The pool registers its thread for the exit join just after starting it.)
+    wait_until(lambda: threads[0] in pool_threads._threads_queues)
     started = time.monotonic()
     result = harness.stop.drain()
     took = time.monotonic() - started

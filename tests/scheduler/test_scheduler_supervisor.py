@@ -6,31 +6,15 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
-import pytest
-from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
-from support.scheduler import FakeClock, LockContender, wait_until
+from support.scheduler import BlipStore, FakeClock, LockContender, thread_dies, wait_until
 
 from otel_render import diagnostics
 from otel_render.health import DEGRADED, HEALTHY, UNHEALTHY
 from otel_render.scheduler import leader
-
-
-class BlipStore(MemoryJobStore):
-    """A job store whose next-run-time query fails while ``failing`` is set,
-    the way a database job store raises when its connection drops between
-    two statements of the scheduler's loop."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.failing = threading.Event()
-
-    def get_next_run_time(self):
-        if self.failing.is_set():
-            raise ConnectionError("server closed the connection unexpectedly")
-        return super().get_next_run_time()
 
 
 def beat():
@@ -55,12 +39,7 @@ def _state(harness, name="BackgroundScheduler"):
     return next(state for state in harness.supervisor.states() if state.name == name)
 
 
-# The killed scheduler thread's exception reaches threading.excepthook, as it
-# does in the app: expected here.
-dies = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-
-
-@dies
+@thread_dies
 def test_a_thread_killed_by_its_job_store_is_restarted_with_fresh_executors(instrument):
     clock = FakeClock()
     harness = instrument({"OTEL_RENDER_SCHEDULER_RESTART_BACKOFF_S": "2"}, clock=clock)
@@ -94,7 +73,7 @@ def test_a_thread_killed_by_its_job_store_is_restarted_with_fresh_executors(inst
     assert harness.supervisor.health_check(0).status == HEALTHY
 
 
-@dies
+@thread_dies
 def test_the_circuit_breaker_stops_a_restart_loop(instrument):
     clock = FakeClock()
     harness = instrument(
@@ -305,3 +284,16 @@ def test_a_long_stagger_lets_due_runs_happen_once_at_start_not_missed(instrument
     harness.wait_for_spans(1, "job warm-up")
     wait_until(lambda: harness.value("otel_render.scheduler.job.runs", job_id="warm-up", outcome="success") == 1)
     assert harness.value("otel_render.scheduler.job.runs", job_id="warm-up", outcome="missed") == 0
+
+
+def test_stagger_with_a_short_setting_and_the_real_supervisor_loop(instrument):
+    harness = instrument({"OTEL_RENDER_SCHEDULER_STAGGER_S": "0.5"}, supervise=True)
+    due = datetime.now(timezone.utc)
+    started = time.time()
+    for name in ("first", "second"):
+        scheduler = harness.track(BackgroundScheduler())
+        scheduler.add_job(beat, "date", run_date=due, id=name, misfire_grace_time=30)
+        scheduler.start()
+    harness.wait_for_spans(1, "job first")
+    [second] = harness.wait_for_spans(1, "job second")
+    assert second.start_time / 1e9 - started >= 0.5

@@ -2,8 +2,12 @@
 harness around in-memory exporters, waiting on a condition, and a second
 process contending for the scheduler's instance lock.
 
-The ``instrument`` fixture that builds a :class:`Harness` lives in
-``tests/scheduler/conftest.py``.
+The ``instrument`` fixture installs settings built from ``env`` (plus a
+private instance directory and no stagger unless given), instruments
+APScheduler with in-memory exporters (``instrument(env=..., supervise=False,
+clock=FakeClock())``) and returns a :class:`Harness`; everything is undone
+after the test. ``tests/scheduler/conftest.py`` provides it to the unit
+tests; an integration test module imports it.
 """
 
 from __future__ import annotations
@@ -11,17 +15,25 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+from apscheduler.jobstores.memory import MemoryJobStore
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otel_render.scheduler.instrumentor import current_stop, current_supervisor
+from otel_render import diagnostics, lifecycle
+from otel_render.config import Settings, use_settings
+from otel_render.diagnostics import Ring
+from otel_render.scheduler.instrumentor import APSchedulerInstrumentor, current_stop, current_supervisor
 
 
 class FakeClock:
@@ -101,6 +113,26 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, message: str
 
 
 
+#: The killed scheduler thread's exception reaches threading.excepthook, as it
+#: does in an app: expected in tests that kill it.
+thread_dies = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+
+
+class BlipStore(MemoryJobStore):
+    """A job store whose next-run-time query fails while ``failing`` is set,
+    the way a database job store raises when its connection drops between
+    two statements of the scheduler's loop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = threading.Event()
+
+    def get_next_run_time(self):
+        if self.failing.is_set():
+            raise ConnectionError("server closed the connection unexpectedly")
+        return super().get_next_run_time()
+
+
 class LockContender:
     """Another process of the instance: tries the scheduler lock on request,
     or holds it from the start (``hold=True``)."""
@@ -137,3 +169,43 @@ class LockContender:
     def kill(self) -> None:
         self.process.kill()
         self.process.wait()
+
+
+@pytest.fixture
+def instrument(tmp_path, monkeypatch) -> Iterator[Callable[..., Harness]]:
+    monkeypatch.setattr(lifecycle, "_registry", lifecycle._Registry())
+    monkeypatch.setattr(diagnostics, "errors", Ring(50))
+    monkeypatch.setattr(diagnostics, "stalls", Ring(50))
+    monkeypatch.setattr(diagnostics, "actions", Ring(200))
+    instrumentor = APSchedulerInstrumentor()
+    harnesses: list[Harness] = []
+
+    def make(env: dict[str, str] | None = None, *, supervise: bool = False, **kwargs: Any) -> Harness:
+        base = {
+            "OTEL_RENDER_INSTANCE_DIR": str(tmp_path / "instance"),
+            "OTEL_RENDER_SCHEDULER_STAGGER_S": "0",
+        }
+        settings, problems = Settings.from_environ({**base, **(env or {})})
+        assert problems == []
+        use_settings(settings)
+        exporter = InMemorySpanExporter()
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+        reader = InMemoryMetricReader()
+        meter_provider = MeterProvider(metric_readers=[reader])
+        instrumentor.instrument(
+            tracer_provider=tracer_provider, meter_provider=meter_provider, supervise=supervise, **kwargs
+        )
+        harness = Harness(exporter, reader, tracer_provider)
+        harnesses.append(harness)
+        return harness
+
+    yield make
+    for harness in harnesses:
+        for scheduler in harness.schedulers:
+            if scheduler.running:
+                stopper = threading.Thread(target=scheduler.shutdown, kwargs={"wait": False}, daemon=True)
+                stopper.start()
+                stopper.join(10)
+    instrumentor.uninstrument()
+    use_settings(None)
