@@ -72,7 +72,10 @@ def instance_directory(settings: Settings, master_pid: int | None) -> Path:
 
 
 class LeaderLock(Protocol):
-    """One lock the leader must hold."""
+    """One lock the leader must hold. ``local`` locks cost no network round
+    trip and may be tried on the app's thread (when a scheduler starts)."""
+
+    local: bool
 
     def try_acquire(self) -> bool: ...
 
@@ -99,6 +102,8 @@ class LeaderRecord:
 
 class InstanceLock:
     """A POSIX record lock on ``<directory>/scheduler.lock`` (one per process)."""
+
+    local = True
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -188,6 +193,8 @@ class AdvisoryLock:
     request; libpq timeouts bound each of them, so a black-holed database
     costs a few seconds per attempt, not a TCP retransmission schedule.
     """
+
+    local = False
 
     def __init__(self, url: str, name: str, *, timeout_s: float = 5.0) -> None:
         self.url = normalize_postgres_url(url)
@@ -316,14 +323,18 @@ class Election:
         return self._attempt(now)
 
     def try_now(self, now: float) -> bool:
-        """Try at once (when a scheduler starts), whatever the poll schedule."""
+        """Try at once, whatever the poll schedule, the locks that need no
+        network (a scheduler is starting on the app's thread); a database lock
+        is left to the next :meth:`tick`, which comes right away."""
         if self.leader:
             return True
-        self._next_check = now + self.poll_s
-        return self._attempt(now)
+        self._next_check = None
+        return self._attempt(now, local_only=True)
 
-    def _attempt(self, now: float) -> bool:
+    def _attempt(self, now: float, *, local_only: bool = False) -> bool:
         for lock in self.locks:
+            if local_only and not lock.local:
+                return False
             if not self._safely(lock.try_acquire):
                 return False
         self.leader = True

@@ -120,9 +120,6 @@ class Supervisor:
         wall: Callable[[], float] = time.time,
         role: RoleSource = gunicorn_role,
         gunicorn_imported: Callable[[], bool] = _gunicorn_imported,
-        election: leadership.Election | None = None,
-        progress: leadership.ProgressStore | None = None,
-        lock_holder: Callable[[], int | None] | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -140,9 +137,11 @@ class Supervisor:
         self.on_skipped: Callable[[Any, str, int], None] | None = None
         self._role = role
         self._gunicorn_imported = gunicorn_imported
-        self._election = election
-        self._progress = progress
-        self._lock_holder = lock_holder
+        # Built at the first election, when the gunicorn master's pid (which
+        # names the instance directory) is known.
+        self._election: leadership.Election | None = None
+        self._progress: leadership.ProgressStore | None = None
+        self._lock_holder: Callable[[], int | None] | None = None
         self._controls: list[ManagedScheduler] = []
         self._names: set[str] = set()
         self._lock = threading.RLock()
@@ -334,10 +333,8 @@ class Supervisor:
             if self.settings.scheduler_leader_database_url:
                 locks.append(leadership.AdvisoryLock(self.settings.scheduler_leader_database_url, _service_key(self.settings)))
             self._election = leadership.Election(locks, self.settings.scheduler_leader_poll_s)
-            if self._progress is None:
-                self._progress = leadership.ProgressStore(directory, instance)
-            if self._lock_holder is None:
-                self._lock_holder = lambda: (record.pid if (record := file_lock.holder()) else None)
+            self._progress = leadership.ProgressStore(directory, instance)
+            self._lock_holder = lambda: (record.pid if (record := file_lock.holder()) else None)
         return self._election
 
     def _eligibility(self) -> str:

@@ -63,7 +63,8 @@ def test_a_lock_taken_before_fork_is_not_shared_with_the_child(tmp_path):
 
 
 class FakeLock:
-    def __init__(self, name, free=True):
+    def __init__(self, name, free=True, local=True):
+        self.local = local
         self.name = name
         self.free = free
         self.held = False
@@ -93,7 +94,7 @@ class FakeLock:
 
 
 def test_standby_tries_once_per_poll_and_leads_when_every_lock_is_taken():
-    instance, database = FakeLock("instance"), FakeLock("database", free=False)
+    instance, database = FakeLock("instance"), FakeLock("database", free=False, local=False)
     election = Election([instance, database], poll_s=2)
     assert not election.tick(100)
     assert instance.held  # first in line for the database lock
@@ -105,10 +106,20 @@ def test_standby_tries_once_per_poll_and_leads_when_every_lock_is_taken():
     assert election.since == 102
 
 
+def test_starting_a_scheduler_tries_only_local_locks_and_leaves_the_database_to_the_tick():
+    instance, database = FakeLock("instance"), FakeLock("database", local=False)
+    election = Election([instance, database], poll_s=30)
+    assert not election.try_now(0)
+    assert instance.held and database.attempts == 0
+    assert election.tick(0.1)  # right away, not a poll interval later
+    assert database.attempts == 1
+
+
 def test_the_leader_steps_down_when_a_lock_is_lost_and_errors_count_as_not_acquired():
-    database = FakeLock("database")
+    database = FakeLock("database", local=False)
     election = Election([FakeLock("instance"), database], poll_s=1)
-    assert election.try_now(0)
+    assert not election.try_now(0)
+    assert election.tick(0)
     database.lost = True
     assert election.tick(0.5)  # checked once per poll
     assert not election.tick(1)
