@@ -126,6 +126,8 @@ class ManagedScheduler:
     last_processed: float | None = None
     next_wakeup: float | None = None
     listener: Any = None
+    # Shut down by the graceful stop at exit (a later shutdown() is a no-op).
+    shut_down_at_exit: bool = False
 
     @property
     def scheduler(self) -> Any:
@@ -143,6 +145,7 @@ class ManagedScheduler:
         self.last_outcome = {}
         self.last_processed = None
         self.next_wakeup = None
+        self.shut_down_at_exit = False
         scheduler = self.scheduler
         if scheduler is not None:
             # Locks another thread of the parent may have held at the fork.

@@ -22,7 +22,9 @@ What it changes in APScheduler (all restored by ``uninstrument()``):
 - ``_process_jobs``: the gate that keeps a waiting scheduler from running jobs
   and records progress for a later handover;
 - ``_main_loop``: remembers the exception that killed a scheduler's thread;
-- ``shutdown``: works on a scheduler held without a thread.
+- ``shutdown``: works on a scheduler held without a thread, and is a no-op
+  after the graceful stop at exit shut the scheduler down (an app's own
+  ``atexit`` shutdown comes later and must not raise).
 
 It also registers the ``schedulers`` health check, the supervisor's
 background loop, the graceful stop at exit and the after-fork reset. Where
@@ -150,7 +152,14 @@ def _background_start(wrapped: Callable, scheduler: Any, args: tuple, kwargs: di
     return None
 
 
+def _already_shut_down_at_exit(scheduler: Any) -> bool:
+    control = scheduler.__dict__.get("_otel_render_control")
+    return control is not None and control.shut_down_at_exit and scheduler.state == APS_STOPPED
+
+
 def _background_shutdown(wrapped: Callable, scheduler: Any, args: tuple, kwargs: dict) -> Any:
+    if _already_shut_down_at_exit(scheduler):
+        return None
     if "_thread" in scheduler.__dict__:
         return wrapped(*args, **kwargs)
     # Started without a thread (standby): the original would join a thread
@@ -161,6 +170,8 @@ def _background_shutdown(wrapped: Callable, scheduler: Any, args: tuple, kwargs:
 
 
 def _base_shutdown(wrapped: Callable, scheduler: Any, args: tuple, kwargs: dict) -> Any:
+    if _already_shut_down_at_exit(scheduler):
+        return None
     result = wrapped(*args, **kwargs)
     active = _active
     control = scheduler.__dict__.get("_otel_render_control")

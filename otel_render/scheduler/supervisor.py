@@ -691,6 +691,9 @@ class Supervisor:
             scheduler = control.scheduler
             if scheduler.state == APS_STOPPED:
                 continue
+            # The app's own shutdown() at exit (an atexit handler is common)
+            # comes after ours: it must not raise SchedulerNotRunningError.
+            control.shut_down_at_exit = True
             worker = threading.Thread(target=_quiet_shutdown, args=(scheduler,), name="otel-render-scheduler-stop", daemon=True)
             worker.start()
             worker.join(max(0.0, deadline - time.monotonic()))

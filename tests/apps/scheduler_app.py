@@ -6,10 +6,11 @@ The ``tick`` job runs every ``SCHED_APP_INTERVAL_S`` seconds (default 1). It
 tags its span (the current span while it runs) with ``app.pid``, so tests can
 tell which process ran it. When ``SCHED_APP_MARKER_DIR`` is set, each run
 writes ``<dir>/<pid>-<n>.started`` before sleeping ``SCHED_APP_SLEEP_S``
-seconds (default 0). ``SCHED_APP_SCHEDULERS=2`` starts a second scheduler
-with a ``tock`` job. The WSGI answer names the serving process.
+seconds (default 0). Like many apps it shuts its scheduler down in an
+``atexit`` handler. The WSGI answer names the serving process.
 """
 
+import atexit
 import json
 import os
 import time
@@ -32,18 +33,10 @@ def tick():
     time.sleep(SLEEP_S)
 
 
-def tock():
-    trace.get_current_span().set_attribute("app.pid", os.getpid())
-
-
 scheduler = BackgroundScheduler()
 scheduler.add_job(tick, "interval", seconds=INTERVAL_S, id="tick")
 scheduler.start()
-
-if os.environ.get("SCHED_APP_SCHEDULERS") == "2":
-    second = BackgroundScheduler()
-    second.add_job(tock, "interval", seconds=INTERVAL_S, id="tock")
-    second.start()
+atexit.register(lambda: scheduler.shutdown())  # as many Flask apps do
 
 
 def app(environ, start_response):
