@@ -53,7 +53,11 @@ def main() -> dict[str, float]:
             "OTEL_RENDER_INSTANCE_DIR": os.path.join(cwd, "instance"),
         }
         sides = {
-            "plain opentelemetry-instrument": [str(plain_bin / "opentelemetry-instrument"), str(plain_bin / "python"), str(WORKLOAD)],
+            "plain opentelemetry-instrument": [
+                str(plain_bin / "opentelemetry-instrument"),
+                str(plain_bin / "python"),
+                str(WORKLOAD),
+            ],
             "otel-render": [str(ours_bin / "opentelemetry-instrument"), str(ours_bin / "python"), str(WORKLOAD)],
         }
         for _ in range(ROUNDS):  # interleaved, so load on the machine hits both sides alike

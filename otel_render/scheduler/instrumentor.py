@@ -62,8 +62,17 @@ _logger = logging.getLogger("otel_render.scheduler")
 _INSTRUMENTS = ("apscheduler >= 3.9, < 4",)
 
 # Executor modules that call run_job / run_coroutine_job by their own name.
-_ALWAYS_PATCHED = ("apscheduler.executors.base", "apscheduler.executors.pool", "apscheduler.executors.debug", "apscheduler.executors.asyncio")
-_PATCHED_WHEN_IMPORTED = ("apscheduler.executors.gevent", "apscheduler.executors.tornado", "apscheduler.executors.twisted")
+_ALWAYS_PATCHED = (
+    "apscheduler.executors.base",
+    "apscheduler.executors.pool",
+    "apscheduler.executors.debug",
+    "apscheduler.executors.asyncio",
+)
+_PATCHED_WHEN_IMPORTED = (
+    "apscheduler.executors.gevent",
+    "apscheduler.executors.tornado",
+    "apscheduler.executors.twisted",
+)
 
 
 @dataclass
@@ -105,9 +114,15 @@ async def traced_run_coroutine_job(job: Any, jobstore_alias: str, run_times: lis
     if active is None:
         from apscheduler.executors import base  # pylint: disable=import-outside-toplevel
 
-        original = base.run_coroutine_job if base.run_coroutine_job is not traced_run_coroutine_job else _fallback("run_coroutine_job")
+        original = (
+            base.run_coroutine_job
+            if base.run_coroutine_job is not traced_run_coroutine_job
+            else _fallback("run_coroutine_job")
+        )
         return await original(job, jobstore_alias, run_times, logger_name)
-    return await active.tracer.run_coroutine(job, jobstore_alias, run_times, logger_name, active.original_run_coroutine_job)
+    return await active.tracer.run_coroutine(
+        job, jobstore_alias, run_times, logger_name, active.original_run_coroutine_job
+    )
 
 
 _ORIGINALS: dict[str, Callable] = {}
@@ -280,9 +295,17 @@ class APSchedulerInstrumentor(RenderInstrumentor):
         tracer = trace.get_tracer(__name__, __version__, tracer_provider=kwargs.get("tracer_provider"))
         meter = metrics.get_meter(__name__, __version__, meter_provider=kwargs.get("meter_provider"))
         registry = RunRegistry()
-        supervisor = Supervisor(settings, meter=meter, registry=registry, clock=clock, wall=wall, role=kwargs.get("role", gunicorn_role))
+        supervisor = Supervisor(
+            settings, meter=meter, registry=registry, clock=clock, wall=wall, role=kwargs.get("role", gunicorn_role)
+        )
         run_tracer = JobRunTracer(
-            tracer, meter, registry, resolve=supervisor.control_of, accepting=supervisor.accepting, wall=wall, clock=clock
+            tracer,
+            meter,
+            registry,
+            resolve=supervisor.control_of,
+            accepting=supervisor.accepting,
+            wall=wall,
+            clock=clock,
         )
         supervisor.on_skipped = run_tracer.count_skipped
         stop = GracefulStop(supervisor, registry, settings.scheduler_shutdown_timeout_s)

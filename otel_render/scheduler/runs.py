@@ -167,7 +167,9 @@ class JobRunTracer:
 
     # -- the executors' entry points -----------------------------------------
 
-    def run(self, job: Any, jobstore_alias: str, run_times: list[datetime], logger_name: str, original: Callable) -> list:
+    def run(
+        self, job: Any, jobstore_alias: str, run_times: list[datetime], logger_name: str, original: Callable
+    ) -> list:
         events: list = []
         for run_time in run_times:
             events.extend(self._run_one(job, jobstore_alias, run_time, logger_name, original))
@@ -207,7 +209,8 @@ class JobRunTracer:
                 job = scheduler.get_job(job_id)
                 job_name = job.name if job is not None else None
             self.runs.add(
-                max(1, run_times), {"scheduler.name": name, "job.id": job_key(job_id, job_name), "outcome": OUTCOME_SKIPPED}
+                max(1, run_times),
+                {"scheduler.name": name, "job.id": job_key(job_id, job_name), "outcome": OUTCOME_SKIPPED},
             )
         except Exception:  # pylint: disable=broad-except
             self._log_once("could not count a skipped job run")
@@ -302,7 +305,9 @@ class JobRunTracer:
                 if control is not None:
                     control.last_success[job.id] = now
             if error is not None:
-                diagnostics.capture_error_context(error, correlation_id=run.trace_id or None, trace_id=run.trace_id or None, source="job")
+                diagnostics.capture_error_context(
+                    error, correlation_id=run.trace_id or None, trace_id=run.trace_id or None, source="job"
+                )
             if not still_ours:
                 return  # abandoned at exit: its span was ended then
             span = run.span
@@ -322,7 +327,9 @@ class JobRunTracer:
         control = self._resolve(job._scheduler)  # pylint: disable=protected-access
         name = control.name if control is not None else UNKNOWN_SCHEDULER
         self.runs.add(1, {"scheduler.name": name, "job.id": job_key(job.id, job.name), "outcome": OUTCOME_MISSED})
-        _logger.info("otel-render: job %r not started at %s: the process is shutting down", job.id, run_time.isoformat())
+        _logger.info(
+            "otel-render: job %r not started at %s: the process is shutting down", job.id, run_time.isoformat()
+        )
         return [JobExecutionEvent(EVENT_JOB_MISSED, job.id, job._jobstore_alias, run_time)]  # pylint: disable=protected-access
 
     def _count_events(self, job: Any, events: list) -> None:
@@ -374,4 +381,3 @@ def _record_error(span: Any, error: BaseException) -> None:
     )
     span.set_attribute("error.type", error_type)
     span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {message}"[:500]))
-

@@ -181,7 +181,9 @@ class Supervisor:
             if control is not None:
                 return control
             name = self._unique_name(scheduler.__dict__.get("_otel_render_name") or type(scheduler).__name__)
-            control = ManagedScheduler(name=name, ref=weakref.ref(scheduler), kind=kind_of(scheduler), order=len(self._controls))
+            control = ManagedScheduler(
+                name=name, ref=weakref.ref(scheduler), kind=kind_of(scheduler), order=len(self._controls)
+            )
             scheduler._otel_render_control = control  # pylint: disable=protected-access
             self._controls.append(control)
         control.listener = self._skipped_listener(control)
@@ -229,7 +231,7 @@ class Supervisor:
                 try:
                     scheduler.remove_listener(control.listener)
                 except Exception:  # pylint: disable=broad-except
-                    pass
+                    _logger.debug("otel-render: listener of %s already gone", control.name, exc_info=True)
 
     # -- start, gate, loop --------------------------------------------------------
 
@@ -331,10 +333,12 @@ class Supervisor:
             file_lock = leadership.InstanceLock(directory)
             locks: list[leadership.LeaderLock] = [file_lock]
             if self.settings.scheduler_leader_database_url:
-                locks.append(leadership.AdvisoryLock(self.settings.scheduler_leader_database_url, _service_key(self.settings)))
+                locks.append(
+                    leadership.AdvisoryLock(self.settings.scheduler_leader_database_url, _service_key(self.settings))
+                )
             self._election = leadership.Election(locks, self.settings.scheduler_leader_poll_s)
             self._progress = leadership.ProgressStore(directory, instance)
-            self._lock_holder = lambda: (record.pid if (record := file_lock.holder()) else None)
+            self._lock_holder = lambda: record.pid if (record := file_lock.holder()) else None
         return self._election
 
     def _eligibility(self) -> str:
@@ -427,23 +431,31 @@ class Supervisor:
         except Exception as exc:  # pylint: disable=broad-except
             control.mode = MODE_WAITING
             control.last_error = f"{type(exc).__name__}: {scrubber.text(str(exc))[:300]}"
-            _logger.warning("otel-render: could not start scheduler %r here: %s", control.name, control.last_error, exc_info=True)
+            _logger.warning(
+                "otel-render: could not start scheduler %r here: %s", control.name, control.last_error, exc_info=True
+            )
             return
         self._write_progress(control)
         _logger.info(
             "otel-render: scheduler %r runs its jobs in pid %d%s",
             control.name,
             os.getpid(),
-            f" (continuing after the previous runner; {moved} job(s) rescheduled)" if record is not None and moved else "",
+            f" (continuing after the previous runner; {moved} job(s) rescheduled)"
+            if record is not None and moved
+            else "",
         )
 
     def _demote(self, control: ManagedScheduler) -> None:
         control.mode = MODE_WAITING
-        _logger.warning("otel-render: pid %d lost the scheduler lock; scheduler %r stops running jobs here", os.getpid(), control.name)
+        _logger.warning(
+            "otel-render: pid %d lost the scheduler lock; scheduler %r stops running jobs here",
+            os.getpid(),
+            control.name,
+        )
         try:
             control.scheduler.wakeup()
         except Exception:  # pylint: disable=broad-except
-            pass
+            _logger.debug("otel-render: could not wake scheduler %s", control.name, exc_info=True)
 
     def _check_alive(self, control: ManagedScheduler, now: float) -> None:
         scheduler = control.scheduler
@@ -493,7 +505,9 @@ class Supervisor:
         )
         return True
 
-    def _count_restart(self, control: ManagedScheduler, outcome: str, action_outcome: str, error: str | None = None) -> None:
+    def _count_restart(
+        self, control: ManagedScheduler, outcome: str, action_outcome: str, error: str | None = None
+    ) -> None:
         self.restart_counter.add(1, {"scheduler.name": control.name, "outcome": outcome})
         detail: dict[str, Any] = {"scheduler": control.name, "restarts": control.restarts_total}
         if control.last_error:
@@ -501,7 +515,13 @@ class Supervisor:
         if error:
             detail["error"] = scrubber.text(error)[:300]
         diagnostics.actions.append(
-            ActionRecord(timestamp=utc_now_iso(self.wall()), rule=RULE, action="restart_scheduler", outcome=action_outcome, detail=detail)
+            ActionRecord(
+                timestamp=utc_now_iso(self.wall()),
+                rule=RULE,
+                action="restart_scheduler",
+                outcome=action_outcome,
+                detail=detail,
+            )
         )
 
     def _check_runtimes(self, now: float) -> None:
@@ -528,9 +548,11 @@ class Supervisor:
                 )
             )
             try:
-                run.span.add_event("otel_render.job.max_runtime_exceeded", {"job.running": running, "job.max_runtime": limit})
+                run.span.add_event(
+                    "otel_render.job.max_runtime_exceeded", {"job.running": running, "job.max_runtime": limit}
+                )
             except Exception:  # pylint: disable=broad-except
-                pass
+                _logger.debug("otel-render: could not mark the span of a long job run", exc_info=True)
             _logger.warning(
                 "otel-render: job %r of scheduler %r has run for %.0f s (OTEL_RENDER_SCHEDULER_MAX_RUNTIME_S=%g); "
                 "its stack is in /api/diagnostics",
@@ -694,7 +716,9 @@ class Supervisor:
             # The app's own shutdown() at exit (an atexit handler is common)
             # comes after ours: it must not raise SchedulerNotRunningError.
             control.shut_down_at_exit = True
-            worker = threading.Thread(target=_quiet_shutdown, args=(scheduler,), name="otel-render-scheduler-stop", daemon=True)
+            worker = threading.Thread(
+                target=_quiet_shutdown, args=(scheduler,), name="otel-render-scheduler-stop", daemon=True
+            )
             worker.start()
             worker.join(max(0.0, deadline - time.monotonic()))
             if worker.is_alive():
@@ -723,7 +747,9 @@ class Supervisor:
         for state in self.states():
             for candidate in ALL_STATES:
                 observations.append(
-                    Observation(1 if candidate == state.state else 0, {"scheduler.name": state.name, "state": candidate})
+                    Observation(
+                        1 if candidate == state.state else 0, {"scheduler.name": state.name, "state": candidate}
+                    )
                 )
         return observations
 
@@ -743,4 +769,3 @@ def _service_key(settings: Settings) -> str:
         or settings.standard("RENDER_SERVICE_NAME")
         or "unknown_service"
     )
-

@@ -74,8 +74,10 @@ def test_each_run_time_runs_once_in_one_worker_and_a_killed_runner_hands_over(ot
         # The meters agree: one process of the instance runs the scheduler.
         standby = 2 if preload else 1  # with --preload the master holds one too
         assert otlp_receiver.wait_for(
-            lambda r: r.latest_sum("otel_render.scheduler.state", {"state": "running"}) == 1
-            and r.latest_sum("otel_render.scheduler.state", {"state": "standby"}) == standby,
+            lambda r: (
+                r.latest_sum("otel_render.scheduler.state", {"state": "running"}) == 1
+                and r.latest_sum("otel_render.scheduler.state", {"state": "standby"}) == standby
+            ),
             timeout=20,
         ), otlp_receiver.metric_points("otel_render.scheduler.state")
         assert otlp_receiver.latest_sum("otel_render.scheduler.job.runs", {"job.id": "tick", "outcome": "success"}) >= 8
@@ -90,7 +92,9 @@ def test_each_run_time_runs_once_in_one_worker_and_a_killed_runner_hands_over(ot
         )
         # The standby worker polls every POLL_S; its first run follows within a second (1 s job).
         assert taken_over - killed_at < POLL_S * GENEROUS, f"took {taken_over - killed_at:.1f} s"
-        new_runner = next(span.attributes["app.pid"] for span in _ticks(otlp_receiver) if span.attributes["app.pid"] != runner)
+        new_runner = next(
+            span.attributes["app.pid"] for span in _ticks(otlp_receiver) if span.attributes["app.pid"] != runner
+        )
         assert otlp_receiver.wait_for(
             lambda r: sum(1 for span in _ticks(r) if span.attributes["app.pid"] == new_runner) >= 3, timeout=20
         )
@@ -116,7 +120,9 @@ def test_sigterm_lets_a_running_job_finish_when_it_fits_the_deadline(otlp_receiv
         OTEL_RENDER_SCHEDULER_SHUTDOWN_TIMEOUT_S=str(deadline_s),
     )
     port = free_port()
-    with AppProcess(gunicorn_command("scheduler_app:app", port=port, workers=2, preload=True), env=env, cwd=APPS) as server:
+    with AppProcess(
+        gunicorn_command("scheduler_app:app", port=port, workers=2, preload=True), env=env, cwd=APPS
+    ) as server:
         server.wait_http(f"http://127.0.0.1:{port}/", timeout=30)
         deadline = time.monotonic() + 30
         while not _started_runs(markers) and time.monotonic() < deadline:
@@ -150,7 +156,9 @@ def test_sigterm_abandons_a_job_that_outlasts_the_deadline(otlp_receiver, tmp_pa
         OTEL_RENDER_SCHEDULER_SHUTDOWN_TIMEOUT_S=str(deadline_s),
     )
     port = free_port()
-    with AppProcess(gunicorn_command("scheduler_app:app", port=port, workers=2, preload=True), env=env, cwd=APPS) as server:
+    with AppProcess(
+        gunicorn_command("scheduler_app:app", port=port, workers=2, preload=True), env=env, cwd=APPS
+    ) as server:
         server.wait_http(f"http://127.0.0.1:{port}/", timeout=30)
         deadline = time.monotonic() + 30
         while not _started_runs(markers) and time.monotonic() < deadline:

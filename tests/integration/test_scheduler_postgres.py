@@ -79,7 +79,7 @@ def test_the_advisory_lock_has_one_holder_and_a_lost_session_steps_down(postgres
         assert second.try_acquire() and second.still_held()
         postgres.psql(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            f"WHERE application_name = 'otel-render-scheduler-leader' AND pid <> pg_backend_pid()"
+            "WHERE application_name = 'otel-render-scheduler-leader' AND pid <> pg_backend_pid()"
         )
         assert not second.still_held()
         assert first.try_acquire()
@@ -114,8 +114,10 @@ def test_one_process_across_instances_runs_the_jobs_and_another_takes_over(otlp_
     try:
         # Both are up: one runs the BlockingScheduler, the other holds it on standby.
         assert otlp_receiver.wait_for(
-            lambda r: r.latest_sum("otel_render.scheduler.state", {"state": "running"}) == 1
-            and r.latest_sum("otel_render.scheduler.state", {"state": "standby"}) == 1,
+            lambda r: (
+                r.latest_sum("otel_render.scheduler.state", {"state": "running"}) == 1
+                and r.latest_sum("otel_render.scheduler.state", {"state": "standby"}) == 1
+            ),
             timeout=30,
         ), first.describe() + second.describe()
         assert otlp_receiver.wait_for(lambda r: len(r.spans("job tick")) >= 4, timeout=20)
@@ -124,9 +126,13 @@ def test_one_process_across_instances_runs_the_jobs_and_another_takes_over(otlp_
         standby = second if runner == first.pid else first
         killed_at = time.time()
         os.kill(runner, signal.SIGKILL)
-        assert otlp_receiver.wait_for(lambda r: standby.pid in _runners(r), timeout=POLL_S * GENEROUS + 10), standby.describe()
+        assert otlp_receiver.wait_for(lambda r: standby.pid in _runners(r), timeout=POLL_S * GENEROUS + 10), (
+            standby.describe()
+        )
         taken_over = min(
-            span.start_time_unix_nano / 1e9 for span in otlp_receiver.spans("job tick") if span.attributes["app.pid"] == standby.pid
+            span.start_time_unix_nano / 1e9
+            for span in otlp_receiver.spans("job tick")
+            if span.attributes["app.pid"] == standby.pid
         )
         assert taken_over - killed_at < POLL_S * GENEROUS
     finally:

@@ -11,9 +11,9 @@ import pytest
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
-from support.scheduler import LockContender, wait_until
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
+from support.scheduler import wait_until
 
 from otel_render import diagnostics, request_context
 from otel_render.scheduler import instrumentor as scheduler_instrumentor

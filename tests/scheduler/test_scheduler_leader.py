@@ -161,4 +161,3 @@ def test_advisory_key_and_url_normalization():
     assert -(2**63) <= advisory_key("srv-1") < 2**63
     assert normalize_postgres_url("postgres://u:p@h/db") == "postgresql://u:p@h/db"
     assert normalize_postgres_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
-

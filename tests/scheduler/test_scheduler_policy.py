@@ -22,7 +22,15 @@ from otel_render.scheduler.control import (
     job_key,
     plan_next_run_time,
 )
-from otel_render.scheduler.policy import GIVE_UP, RESTART, WAIT, PauseLedger, RestartPolicy, stagger_wait, supervisor_interval
+from otel_render.scheduler.policy import (
+    GIVE_UP,
+    RESTART,
+    WAIT,
+    PauseLedger,
+    RestartPolicy,
+    stagger_wait,
+    supervisor_interval,
+)
 
 UTC = timezone.utc
 

@@ -11,9 +11,8 @@ from datetime import datetime, timezone
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from support.scheduler import LockContender, wait_until
 from opentelemetry.trace import StatusCode
-
+from support.scheduler import LockContender, wait_until
 
 GENEROUS = 10
 

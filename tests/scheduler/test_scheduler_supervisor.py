@@ -125,7 +125,7 @@ def test_schedulers_started_together_are_staggered(instrument):
         scheduler.start()
         schedulers.append(scheduler)
     assert [s.running for s in schedulers] == [True, True, True]
-    alive = lambda: ["_thread" in s.__dict__ and s._thread.is_alive() for s in schedulers]  # noqa: E731
+    alive = lambda: ["_thread" in s.__dict__ and s._thread.is_alive() for s in schedulers]
     assert alive() == [True, False, False]
     assert [state.state for state in harness.supervisor.states()] == ["running", "standby", "standby"]
 

@@ -111,8 +111,6 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, message: str
     raise AssertionError(f"{message} not reached within {timeout} s")
 
 
-
-
 #: The killed scheduler thread's exception reaches threading.excepthook, as it
 #: does in an app: expected in tests that kill it.
 thread_dies = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
