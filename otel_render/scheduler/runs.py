@@ -73,6 +73,16 @@ class ActiveRun:
     abandoned: bool = False
 
 
+@dataclass
+class _Begun:
+    """What :meth:`JobRunTracer._begin` started and ``_end`` finishes."""
+
+    run: ActiveRun
+    token: int  # in the RunRegistry
+    work: Any  # the request_context token
+    began: float  # perf_counter
+
+
 class RunRegistry:
     """The runs in progress, with a condition to wait until none is left."""
 
@@ -172,31 +182,50 @@ class JobRunTracer:
     ) -> list:
         events: list = []
         for run_time in run_times:
-            events.extend(self._run_one(job, jobstore_alias, run_time, logger_name, original))
+            if not self._accepting():
+                events += self._not_started(job, run_time)
+                continue
+            begun = self._begin(job, run_time)
+            if begun is None:
+                produced = original(job, jobstore_alias, [run_time], logger_name)
+                self._count_events(job, produced)
+                events += produced
+                continue
+            produced = []
+            try:
+                with trace.use_span(
+                    begun.run.span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+                ):
+                    produced = original(job, jobstore_alias, [run_time], logger_name)
+            finally:
+                self._end(job, begun, produced)
+            events += produced
         return events
 
     async def run_coroutine(
         self, job: Any, jobstore_alias: str, run_times: list[datetime], logger_name: str, original: Callable
     ) -> list:
+        """:meth:`run` for coroutine jobs (``run_coroutine_job``)."""
         events: list = []
         for run_time in run_times:
-            started = self._begin(job, run_time)
-            if isinstance(started, list):
-                events.extend(started)
+            if not self._accepting():
+                events += self._not_started(job, run_time)
                 continue
-            if started is None:
+            begun = self._begin(job, run_time)
+            if begun is None:
                 produced = await original(job, jobstore_alias, [run_time], logger_name)
                 self._count_events(job, produced)
-                events.extend(produced)
+                events += produced
                 continue
-            run, token, work, began = started
             produced = []
             try:
-                with trace.use_span(run.span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                with trace.use_span(
+                    begun.run.span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+                ):
                     produced = await original(job, jobstore_alias, [run_time], logger_name)
             finally:
-                self._end(job, run, token, work, began, produced)
-            events.extend(produced)
+                self._end(job, begun, produced)
+            events += produced
         return events
 
     def count_skipped(self, scheduler: Any, job_id: str, run_times: int) -> None:
@@ -217,33 +246,11 @@ class JobRunTracer:
 
     # -- one run ----------------------------------------------------------------
 
-    def _run_one(self, job: Any, jobstore_alias: str, run_time: datetime, logger_name: str, original: Callable) -> list:
-        started = self._begin(job, run_time)
-        if started is None:
-            events = original(job, jobstore_alias, [run_time], logger_name)
-            self._count_events(job, events)
-            return events
-        if isinstance(started, list):
-            return started
-        run, token_context, work, began = started
-        events: list = []
+    def _begin(self, job: Any, run_time: datetime) -> _Begun | None:
+        """Start a run's span and bookkeeping; None when the run gets none: its
+        run time is past the misfire grace time (the original reports it
+        missed), or tracing failed (the job runs untraced)."""
         try:
-            with trace.use_span(run.span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
-                events = original(job, jobstore_alias, [run_time], logger_name)
-        finally:
-            self._end(job, run, token_context, work, began, events)
-        return events
-
-    def _begin(self, job: Any, run_time: datetime) -> Any:
-        """Start a run: the span and bookkeeping, or
-
-        - ``None``: the run time is past its misfire grace time (the original
-          reports it missed, no span);
-        - a list of events: the process is shutting down, the run is not started.
-        """
-        try:
-            if not self._accepting():
-                return self._not_started(job, run_time)
             grace = job.misfire_grace_time
             if grace is not None and datetime.now(timezone.utc) - run_time > timedelta(seconds=grace):
                 return None
@@ -280,18 +287,19 @@ class JobRunTracer:
             )
             token = self._registry.add(run)
             work = request_context.begin(WorkRecord(kind="job", correlation_id=trace_id))
-            return run, token, work, time.perf_counter()
+            return _Begun(run, token, work, time.perf_counter())
         except Exception:  # pylint: disable=broad-except
             self._log_once("could not start tracing a job run; the job runs untraced")
             return None
 
-    def _end(self, job: Any, run: ActiveRun, token: int, work: Any, began: float, events: list) -> None:
-        duration = time.perf_counter() - began
+    def _end(self, job: Any, begun: _Begun, events: list) -> None:
+        duration = time.perf_counter() - begun.began
+        run = begun.run
         try:
             record = request_context.current()
-            request_context.end(work)
+            request_context.end(begun.work)
             outcome, error = _outcome(events)
-            still_ours = self._registry.finish(token) is not None
+            still_ours = self._registry.finish(begun.token) is not None
             control = self._resolve(job._scheduler)  # pylint: disable=protected-access
             attributes = {"scheduler.name": run.scheduler, "job.id": run.key, "outcome": outcome}
             self.runs.add(1, attributes)
