@@ -90,6 +90,8 @@ class _Active:
 
 _active: _Active | None = None
 _hooks_installed = False
+# APScheduler's own run_job and run_coroutine_job, saved at the first instrument().
+_ORIGINALS: dict[str, Callable] = {}
 
 
 # --------------------------------------------------------------------------
@@ -104,7 +106,7 @@ def traced_run_job(job: Any, jobstore_alias: str, run_times: list, logger_name: 
     if active is None:
         from apscheduler.executors import base  # pylint: disable=import-outside-toplevel
 
-        original = base.run_job if base.run_job is not traced_run_job else _fallback("run_job")
+        original = base.run_job if base.run_job is not traced_run_job else _ORIGINALS["run_job"]
         return original(job, jobstore_alias, run_times, logger_name)
     return active.tracer.run(job, jobstore_alias, run_times, logger_name, active.original_run_job)
 
@@ -117,19 +119,12 @@ async def traced_run_coroutine_job(job: Any, jobstore_alias: str, run_times: lis
         original = (
             base.run_coroutine_job
             if base.run_coroutine_job is not traced_run_coroutine_job
-            else _fallback("run_coroutine_job")
+            else _ORIGINALS["run_coroutine_job"]
         )
         return await original(job, jobstore_alias, run_times, logger_name)
     return await active.tracer.run_coroutine(
         job, jobstore_alias, run_times, logger_name, active.original_run_coroutine_job
     )
-
-
-_ORIGINALS: dict[str, Callable] = {}
-
-
-def _fallback(name: str) -> Callable:
-    return _ORIGINALS[name]
 
 
 # --------------------------------------------------------------------------

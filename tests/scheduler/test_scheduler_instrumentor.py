@@ -229,3 +229,19 @@ def test_an_asyncio_scheduler_traces_coroutine_jobs(instrument):
     assert spans[0].attributes["scheduler.name"] == "AsyncIOScheduler"
     assert spans[0].attributes["job.id"] == job.id
     assert results[0] == spans[0].context.trace_id  # the span was current inside the coroutine
+
+
+def test_jobs_of_a_process_pool_still_run(instrument):
+    # The executor pickles run_job by reference: ours must stay picklable.
+    import os
+
+    from apscheduler.executors.pool import ProcessPoolExecutor
+
+    harness = instrument()
+    pids = []
+    scheduler = harness.track(BackgroundScheduler(executors={"default": ProcessPoolExecutor(1)}))
+    scheduler.add_listener(lambda event: pids.append(event.retval), mask=2**12)  # EVENT_JOB_EXECUTED
+    scheduler.add_job(os.getpid, "date", run_date=datetime.now(timezone.utc), id="in-a-child")
+    scheduler.start()
+    wait_until(lambda: pids, timeout=60, message="the process pool job")
+    assert pids[0] != os.getpid()
