@@ -370,6 +370,88 @@ class Settings:
     )
 
     # --- Scheduler (issue: scheduler) ----------------------------------------
+    scheduler_leader: bool = _var(
+        "OTEL_RENDER_SCHEDULER_LEADER",
+        BOOL,
+        True,
+        "One process per instance runs the APScheduler jobs: a lock in the instance directory "
+        "elects it (under gunicorn, one worker; never the master). `false`: every process that "
+        "starts a scheduler runs it, as APScheduler does on its own.",
+        "false",
+        section=_SCHEDULER,
+    )
+    scheduler_leader_poll_s: float = _var(
+        "OTEL_RENDER_SCHEDULER_LEADER_POLL_S",
+        number(float, 0.1, 60, "seconds"),
+        2.0,
+        "How often a process on standby tries to take the jobs over; when the process running "
+        "them dies, another one runs them within about this time.",
+        "2",
+        section=_SCHEDULER,
+    )
+    scheduler_leader_database_url: str = _var(
+        "OTEL_RENDER_SCHEDULER_LEADER_DATABASE_URL",
+        TEXT,
+        "",
+        "PostgreSQL URL: the runner also holds a PostgreSQL advisory lock, so that one process "
+        "across all instances of the service runs the jobs. Empty: one runner per instance.",
+        "postgresql://user:password@host:5432/app",
+        secret=True,
+        section=_SCHEDULER,
+    )
+    scheduler_stagger_s: float = _var(
+        "OTEL_RENDER_SCHEDULER_STAGGER_S",
+        number(float, 0, 300, "seconds"),
+        5.0,
+        "Delay between the starts of successive schedulers in one process, so that a cold start "
+        "does not run every job at once. 0: start them all at once.",
+        "5",
+        section=_SCHEDULER,
+    )
+    scheduler_shutdown_timeout_s: float = _var(
+        "OTEL_RENDER_SCHEDULER_SHUTDOWN_TIMEOUT_S",
+        number(float, 0, 600, "seconds"),
+        25.0,
+        "At exit (SIGTERM), how long running jobs may take to finish before the schedulers shut "
+        "down; no new run starts meanwhile. Render sends SIGKILL 30 s after SIGTERM.",
+        "25",
+        section=_SCHEDULER,
+    )
+    scheduler_max_runtime_s: float = _var(
+        "OTEL_RENDER_SCHEDULER_MAX_RUNTIME_S",
+        number(float, 0, 7 * 24 * 3600, "seconds"),
+        300.0,
+        "A job run longer than this has its stack captured into /api/diagnostics (once per run). "
+        "0: never.",
+        "300",
+        section=_SCHEDULER,
+    )
+    scheduler_restart_limit: int = _var(
+        "OTEL_RENDER_SCHEDULER_RESTART_LIMIT",
+        number(int, 0, 1000),
+        5,
+        "Restarts of a dead scheduler allowed within `OTEL_RENDER_SCHEDULER_RESTART_WINDOW_S`; "
+        "past it the scheduler is reported failed and left alone. 0: never restart.",
+        "5",
+        section=_SCHEDULER,
+    )
+    scheduler_restart_window_s: float = _var(
+        "OTEL_RENDER_SCHEDULER_RESTART_WINDOW_S",
+        number(float, 1, 7 * 24 * 3600, "seconds"),
+        600.0,
+        "The window in which `OTEL_RENDER_SCHEDULER_RESTART_LIMIT` restarts are counted.",
+        "600",
+        section=_SCHEDULER,
+    )
+    scheduler_restart_backoff_s: float = _var(
+        "OTEL_RENDER_SCHEDULER_RESTART_BACKOFF_S",
+        number(float, 0, 600, "seconds"),
+        1.0,
+        "Wait before restarting a dead scheduler; doubles with each restart in the window, up to "
+        "60 s (or this value when larger).",
+        "1",
+        section=_SCHEDULER,
+    )
 
     # --- Local endpoints and health (issue: endpoints) -----------------------
     token: str = _var(

@@ -10,7 +10,10 @@ recycle.
 
 The hook wraps ``gunicorn.arbiter.Arbiter`` when gunicorn is imported (it is
 imported after ``sitecustomize`` runs), so it works with and without
-``--preload``. Nothing here runs on the request path.
+``--preload``. The master knows its role from ``Arbiter.setup`` on, which is
+where ``--preload`` imports the app: code that runs at import (a scheduler
+started by the app) can tell that this process is about to fork. Nothing here
+runs on the request path.
 """
 
 from __future__ import annotations
@@ -74,8 +77,17 @@ def install() -> None:
 
 
 def _patch_arbiter(module: Any) -> None:
+    wrapt.wrap_function_wrapper(module, "Arbiter.setup", _setup)
     wrapt.wrap_function_wrapper(module, "Arbiter.start", _start)
     wrapt.wrap_function_wrapper(module, "Arbiter.spawn_worker", _spawn_worker)
+
+
+def _setup(wrapped: Callable[..., Any], arbiter: Any, args: tuple, kwargs: dict) -> Any:
+    # Under --preload the arbiter imports the app in ``setup``: from here on this
+    # process is the master, so code running at import (a scheduler's start)
+    # already knows it will fork and must not take per-process resources.
+    _state.master_pid = os.getpid()
+    return wrapped(*args, **kwargs)
 
 
 def _start(wrapped: Callable[..., Any], arbiter: Any, args: tuple, kwargs: dict) -> Any:
