@@ -257,8 +257,9 @@ class Settings:
         "OTEL_RENDER_INSTANCE_DIR",
         TEXT,
         "",
-        "Directory shared by the processes of one instance (worker snapshots, scheduler leader "
-        "lock). Empty: a directory under /dev/shm when it exists, else the temp directory.",
+        "Where the processes of one instance share files (worker snapshots, the scheduler's leader "
+        "lock), in a private subdirectory per run of the gunicorn master. Empty: /dev/shm/otel-render-<uid> "
+        "when /dev/shm exists, else the same under the temp directory.",
         "/dev/shm/otel-render",
         section=_PLATFORM,
     )

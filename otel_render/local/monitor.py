@@ -25,17 +25,14 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-import psutil
 
-from otel_render import diagnostics, health
+from otel_render import diagnostics, health, instance
 from otel_render.config import Settings
 from otel_render.health import (
     CheckRunner,
@@ -56,12 +53,7 @@ from otel_render.local.snapshot import (
     merge_instance,
     series_from_metrics_data,
 )
-from otel_render.local.store import (
-    InstanceStore,
-    default_base_directory,
-    instance_directory,
-    process_start_time,
-)
+from otel_render.local.store import InstanceStore
 from otel_render.platform import detect_platform
 from otel_render.web import gunicorn
 
@@ -74,49 +66,13 @@ def current_process_info(instance_id: Callable[[], str | None] = lambda: None) -
     """This process, as the snapshot files name it."""
     pid = os.getpid()
     role, slot = gunicorn.identity()
-    return ProcessInfo(pid, _start_time(pid), instance_id(), role, slot)
-
-
-_start_times: dict[int, float] = {}
-
-
-def _start_time(pid: int) -> float:
-    started = _start_times.get(pid)
-    if started is None:
-        started = process_start_time(pid) or time.time()
-        _start_times[pid] = started
-    return started
-
-
-def instance_owner_pid() -> int:
-    """The process whose run the instance directory belongs to: the gunicorn
-    master, or this process outside gunicorn.
-
-    The arbiter hook knows the master when the pipeline was configured in it
-    (``opentelemetry-instrument gunicorn ...``). When the app calls
-    ``otel_render.configure()`` itself, in each worker, the hook never saw the
-    master: a worker of a gunicorn parent then names that parent.
-    """
-    master = gunicorn.master_pid()
-    if master is not None:
-        return master
-    if "gunicorn.workers.base" in sys.modules:
-        try:
-            parent = psutil.Process(os.getppid())
-            if any("gunicorn" in part for part in parent.cmdline()[:3]):
-                return parent.pid
-        except (psutil.Error, OSError):
-            pass
-    return os.getpid()
+    return ProcessInfo(pid, instance.start_time(pid), instance_id(), role, slot)
 
 
 def store_for_this_process(settings: Settings) -> tuple[InstanceStore, bool]:
     """This instance run's store, and whether this process owns it (the
     gunicorn master, or the process itself outside gunicorn)."""
-    base = Path(settings.instance_dir) if settings.instance_dir else default_base_directory()
-    owner = instance_owner_pid()
-    directory = instance_directory(base, owner, _start_time(owner))
-    return InstanceStore(directory), owner == os.getpid()
+    return InstanceStore(instance.directory(settings)), instance.owner_pid() == os.getpid()
 
 
 class InstanceMonitor:

@@ -17,10 +17,8 @@ folded, so a fold interrupted between writing it and deleting the file is
 never counted twice, and readers, which take no lock, never count a process
 both as retired and as exited.
 
-The directory is per instance *run*: ``<base>/instance-<pid>-<start>`` of the
-gunicorn master (or of the process itself outside gunicorn), where ``<base>`` is
-``OTEL_RENDER_INSTANCE_DIR`` or ``/dev/shm/otel-render-<uid>`` (tmpfs: nothing
-touches a disk), else the temp directory. Directories of runs whose owner has
+The directory is the instance run's directory (:mod:`otel_render.instance`).
+Directories of runs whose owner has
 gone are removed by the next owner to start; the owner removes its own at exit.
 A worker killed with SIGKILL loses what it counted since its last publication
 (``OTEL_RENDER_HEALTH_INTERVAL_S``); a worker that exits normally (gunicorn's
@@ -35,15 +33,13 @@ import json
 import logging
 import os
 import shutil
-import stat
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 
+from otel_render.instance import ensure_private_directory, process_start_time
 from otel_render.local.snapshot import (
     InstanceMetrics,
     ProcessInfo,
@@ -65,47 +61,12 @@ RETIRED_DIAGNOSTICS_FILE = "retired-diagnostics.json"
 #: Records kept per diagnostics ring from exited processes (the newest).
 RETIRED_RING_CAPACITY = {"errors": 50, "stalls": 50, "actions": 200}
 LOCK_FILE = ".lock"
-_SHM = Path("/dev/shm")
-
-
-def default_base_directory() -> Path:
-    """``/dev/shm/otel-render-<uid>`` where there is a tmpfs, else under the temp directory."""
-    name = f"otel-render-{os.getuid()}"
-    if _SHM.is_dir() and os.access(_SHM, os.W_OK | os.X_OK):
-        return _SHM / name
-    return Path(tempfile.gettempdir()) / name
-
-
-def process_start_time(pid: int) -> float | None:
-    """When process ``pid`` started (seconds since the epoch), or None if it is gone."""
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return process.create_time()
-    except (psutil.Error, OSError):
-        return None
 
 
 def process_is_alive(info: ProcessInfo) -> bool:
     """Whether the process that wrote a snapshot still runs (a reused pid does not count)."""
     started = process_start_time(info.pid)
     return started is not None and abs(started - info.started) < 1.0
-
-
-def instance_directory(base: Path, owner_pid: int, owner_started: float) -> Path:
-    """The directory of one instance run, named after the process that owns it."""
-    return base / f"instance-{owner_pid}-{int(owner_started)}"
-
-
-def ensure_private_directory(path: Path) -> None:
-    """Create ``path`` (mode 0700) or check that an existing one is a real
-    directory of ours: the base lives in world-writable ``/dev/shm``."""
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700, parents=True)
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise PermissionError(f"{path} is not a directory owned by uid {os.getuid()}")
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -36,39 +36,18 @@ import json
 import logging
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from otel_render.config import Settings
+from otel_render import instance
 
 _logger = logging.getLogger("otel_render.scheduler")
 
 LOCK_FILE = "scheduler.lock"
 PROGRESS_FILE = "scheduler-progress.json"
-
-
-def instance_key(settings: Settings, master_pid: int | None) -> str:
-    """What identifies this instance's process tree: Render's instance id, else
-    the gunicorn master's pid, else this process's pid."""
-    render_instance = settings.standard("RENDER_INSTANCE_ID")
-    if render_instance:
-        return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in render_instance)[:64]
-    if master_pid is not None:
-        return f"{socket.gethostname()}-{master_pid}"
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def instance_directory(settings: Settings, master_pid: int | None) -> Path:
-    """``OTEL_RENDER_INSTANCE_DIR``, or a directory of this instance under
-    ``/dev/shm`` (else the temp directory) named after :func:`instance_key`."""
-    if settings.instance_dir:
-        return Path(settings.instance_dir)
-    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
-    return base / f"otel-render-{instance_key(settings, master_pid)}"
 
 
 class LeaderLock(Protocol):
@@ -117,7 +96,7 @@ class InstanceLock:
     def try_acquire(self) -> bool:
         if self._fd is not None:
             return True
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        instance.ensure_private_directory(self.directory)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -403,7 +382,7 @@ class ProgressStore:
         schedulers = dict(current.get("schedulers") or {})
         schedulers[scheduler] = jobs
         payload = json.dumps({"instance": self.instance, "pid": os.getpid(), "schedulers": schedulers}).encode()
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        instance.ensure_private_directory(self.path.parent)
         temporary = self.path.with_name(f".{PROGRESS_FILE}.{os.getpid()}")
         temporary.write_bytes(payload)
         os.replace(temporary, self.path)

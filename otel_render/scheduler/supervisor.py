@@ -52,7 +52,7 @@ from typing import Any
 
 from opentelemetry.metrics import Observation
 
-from otel_render import diagnostics
+from otel_render import diagnostics, instance
 from otel_render.config import Settings
 from otel_render.diagnostics import ActionRecord, StallRecord, utc_now_iso
 from otel_render.health import HealthCheckResult
@@ -327,9 +327,7 @@ class Supervisor:
 
     def _get_election(self) -> leadership.Election:
         if self._election is None:
-            _, master_pid = self._role()
-            directory = leadership.instance_directory(self.settings, master_pid)
-            instance = leadership.instance_key(self.settings, master_pid)
+            directory = instance.directory(self.settings)
             file_lock = leadership.InstanceLock(directory)
             locks: list[leadership.LeaderLock] = [file_lock]
             if self.settings.scheduler_leader_database_url:
@@ -337,7 +335,7 @@ class Supervisor:
                     leadership.AdvisoryLock(self.settings.scheduler_leader_database_url, _service_key(self.settings))
                 )
             self._election = leadership.Election(locks, self.settings.scheduler_leader_poll_s)
-            self._progress = leadership.ProgressStore(directory, instance)
+            self._progress = leadership.ProgressStore(directory, directory.name)
             self._lock_holder = lambda: record.pid if (record := file_lock.holder()) else None
         return self._election
 

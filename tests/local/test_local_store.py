@@ -11,13 +11,8 @@ from pathlib import Path
 import pytest
 
 from otel_render.local.snapshot import SUM, Point, ProcessInfo, ProcessSnapshot, Series
-from otel_render.local.store import (
-    RETIRED_FILE,
-    InstanceStore,
-    ensure_private_directory,
-    instance_directory,
-    process_start_time,
-)
+from otel_render.instance import ensure_private_directory, process_start_time, run_directory
+from otel_render.local.store import RETIRED_FILE, InstanceStore
 
 
 class Liveness:
@@ -152,8 +147,8 @@ def test_published_files_are_readable_by_the_owner_only(store):
 
 def test_directories_of_runs_whose_owner_has_gone_are_removed(tmp_path):
     base = tmp_path / "base"
-    ours = instance_directory(base, os.getpid(), process_start_time(os.getpid()))
-    gone = instance_directory(base, 2**22 + 12345, 1000.0)  # no such pid
+    ours = run_directory(base, os.getpid(), process_start_time(os.getpid()))
+    gone = run_directory(base, 2**22 + 12345, 1000.0)  # no such pid
     for directory in (ours, gone):
         directory.mkdir(parents=True)
     assert InstanceStore.remove_abandoned(base, keep=Path("/nonexistent")) == 1

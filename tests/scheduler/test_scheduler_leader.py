@@ -7,14 +7,11 @@ import os
 
 from support.scheduler import LockContender
 
-from otel_render.config import Settings
 from otel_render.scheduler.leader import (
     Election,
     InstanceLock,
     ProgressStore,
     advisory_key,
-    instance_directory,
-    instance_key,
     normalize_postgres_url,
 )
 
@@ -131,17 +128,6 @@ def test_the_leader_steps_down_when_a_lock_is_lost_and_errors_count_as_not_acqui
     broken = Election([Broken("instance")], poll_s=1)
     assert not broken.try_now(0)
     assert not broken.tick(5)
-
-
-def test_instance_directory_and_key():
-    settings, _ = Settings.from_environ({"OTEL_RENDER_INSTANCE_DIR": "/srv/shared"})
-    assert str(instance_directory(settings, 123)) == "/srv/shared"
-    render, _ = Settings.from_environ({"RENDER_INSTANCE_ID": "srv-abc/../x"})
-    assert instance_key(render, 123) == "srv-abc_.._x"
-    assert "/" not in instance_directory(render, 123).name
-    local, _ = Settings.from_environ({})
-    assert instance_key(local, 123).endswith("-123")
-    assert instance_key(local, None).endswith(f"-{os.getpid()}")
 
 
 def test_progress_record_round_trip_and_other_instances_are_ignored(tmp_path):

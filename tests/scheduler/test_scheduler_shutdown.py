@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from opentelemetry.trace import StatusCode
-from support.scheduler import LockContender, wait_until
+from support.scheduler import LockContender, instance_run_directory, wait_until
 
 GENEROUS = 10
 
@@ -105,7 +105,7 @@ def test_the_drain_gives_up_the_leader_lock(instrument, tmp_path):
     harness = instrument()
     scheduler = harness.track(BackgroundScheduler())
     scheduler.start()
-    contender = LockContender(tmp_path / "instance")
+    contender = LockContender(instance_run_directory(tmp_path))
     try:
         assert contender.try_lock() == "busy"
         report = harness.stop.drain()

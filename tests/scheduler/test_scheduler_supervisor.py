@@ -10,7 +10,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from support.scheduler import BlipStore, FakeClock, LockContender, thread_dies, wait_until
+from support.scheduler import BlipStore, FakeClock, LockContender, instance_run_directory, thread_dies, wait_until
 
 from otel_render import diagnostics
 from otel_render.health import DEGRADED, HEALTHY, UNHEALTHY
@@ -178,7 +178,7 @@ def test_a_job_past_its_max_runtime_has_its_stack_captured_once(instrument):
 
 def test_standby_holds_the_scheduler_without_a_thread_and_takes_over_when_the_runner_dies(instrument, tmp_path):
     clock = FakeClock()
-    directory = tmp_path / "instance"
+    directory = instance_run_directory(tmp_path)
     holder = LockContender(directory, hold=True)
     try:
         harness = instrument({"OTEL_RENDER_SCHEDULER_LEADER_POLL_S": "2"}, clock=clock)
@@ -222,7 +222,7 @@ def test_the_gunicorn_master_never_runs_jobs(instrument):
 
 def test_takeover_continues_after_the_previous_runners_progress(instrument, tmp_path):
     clock = FakeClock()
-    directory = tmp_path / "instance"
+    directory = instance_run_directory(tmp_path)
     holder = LockContender(directory, hold=True)
     harness = instrument(clock=clock)
     scheduler = harness.track(BackgroundScheduler())
@@ -230,7 +230,7 @@ def test_takeover_continues_after_the_previous_runners_progress(instrument, tmp_
     scheduler.start()
     planned = job.next_run_time
     # The previous runner had already run the next two run times.
-    store = leader.ProgressStore(directory, leader.instance_key(harness.supervisor.settings, None))
+    store = leader.ProgressStore(directory, directory.name)
     store.write("BackgroundScheduler", {"hourly-ish": (planned + timedelta(minutes=20)).timestamp()})
     holder.kill()
     clock.advance(10)

@@ -12,6 +12,7 @@ tests; an integration test module imports it.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -30,7 +31,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otel_render import diagnostics, lifecycle
+from otel_render import diagnostics, instance, lifecycle
 from otel_render.config import Settings, use_settings
 from otel_render.diagnostics import Ring
 from otel_render.scheduler.instrumentor import APSchedulerInstrumentor, current_stop, current_supervisor
@@ -167,6 +168,12 @@ class LockContender:
     def kill(self) -> None:
         self.process.kill()
         self.process.wait()
+
+
+def instance_run_directory(tmp_path: Path) -> Path:
+    """Where the supervisor under test keeps its lock: the run directory of this
+    (test) process under the ``OTEL_RENDER_INSTANCE_DIR`` the harness sets."""
+    return instance.run_directory(tmp_path / "instance", os.getpid(), instance.start_time(os.getpid()))
 
 
 @pytest.fixture
