@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BENCHMARKS = ["shutdown_exit"]
+BENCHMARKS = ["shutdown_exit", "wsgi_overhead"]
 
 
 def main(argv: list[str]) -> int:

@@ -45,10 +45,11 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.instrumentation.wsgi import wsgi_getter
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.http import sanitize_method
 
-from otel_render import correlation, diagnostics, lifecycle, request_context
+from otel_render import correlation, diagnostics, lifecycle, logs, request_context
 from otel_render.config import Settings, get_settings
 from otel_render.lifecycle import BackgroundLoop
 from otel_render.scrub import default as scrubber
@@ -133,7 +134,6 @@ class ServerRequest:
         "finished",
         "response_headers",
         "server_start_response",
-        "active_attributes",
     )
 
     def __init__(self, runtime: WebRuntime, environ: dict[str, Any]) -> None:
@@ -281,8 +281,14 @@ class WebRuntime:
             description="Duration of HTTP server requests.",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS_S),
         )
-        self.active = meter.create_up_down_counter(
-            "http.server.active_requests", unit="{request}", description="Number of active HTTP server requests."
+        # Observed from the requests in flight when the readers collect: the
+        # request path records nothing for it.
+        self._active_series: set[tuple[str, str]] = set()
+        meter.create_observable_up_down_counter(
+            "http.server.active_requests",
+            callbacks=[self._observe_active_requests],
+            unit="{request}",
+            description="Number of active HTTP server requests.",
         )
         self.timeouts = meter.create_counter(
             "otel_render.http.request.timeouts",
@@ -304,7 +310,6 @@ class WebRuntime:
         fields = propagate.get_global_textmap().fields
         self.propagation_keys = tuple(correlation.environ_key(name) for name in sorted(fields))
         self.in_flight: dict[int, ServerRequest] = {}
-        self._active_attributes: dict[tuple[str, str], dict[str, str]] = {}
         self._failures: set[str] = set()
         self.watchdog = RequestWatchdog(self)
         lifecycle.add_loop(self.watchdog, start=False)
@@ -377,12 +382,6 @@ class WebRuntime:
         request.response_headers = correlation.trace_response_headers(inbound_id, span_context, self.ids.response_mode)
         request.work = request_context.WorkRecord(kind="request", correlation_id=inbound_id)
 
-        key = (method, scheme)
-        active_attributes = self._active_attributes.get(key)
-        if active_attributes is None:
-            active_attributes = self._active_attributes[key] = {"http.request.method": method, "url.scheme": scheme}
-        request.active_attributes = active_attributes
-        self.active.add(1, active_attributes)
         request.thread_id = threading.get_ident()
         request.started = time.monotonic()
         self.in_flight[id(request)] = request
@@ -430,10 +429,22 @@ class WebRuntime:
         if error_type is not None:
             duration_attributes["error.type"] = error_type
         self.duration.record(elapsed, duration_attributes)
-        self.active.add(-1, request.active_attributes)
-        route_attributes = {"http.request.method": method, "http.route": route} if route else {"http.request.method": method}
-        self.db_queries.record(request.work.db_queries, route_attributes)
-        self.db_time.record(request.work.db_time_s, route_attributes)
+        work = request.work
+        if work.db_queries:
+            route_attributes = {"http.request.method": method, "http.route": route} if route else {"http.request.method": method}
+            self.db_queries.record(work.db_queries, route_attributes)
+            self.db_time.record(work.db_time_s, route_attributes)
+
+    def _observe_active_requests(self, options: CallbackOptions) -> Iterable[Observation]:
+        counts: dict[tuple[str, str], int] = dict.fromkeys(self._active_series, 0)
+        for request in list(self.in_flight.values()):
+            key = (request.method, request.scheme)
+            counts[key] = counts.get(key, 0) + 1
+        self._active_series.update(counts)
+        return [
+            Observation(count, {"http.request.method": method, "url.scheme": scheme})
+            for (method, scheme), count in counts.items()
+        ]
 
     # -- errors and stalls ---------------------------------------------------
 
@@ -535,6 +546,7 @@ class WebRuntime:
 
     def reset_after_fork(self) -> None:
         self.in_flight = {}
+        self._active_series = set()
         self._failures = set()
 
     def log_failure_once(self, what: str) -> None:
@@ -606,14 +618,16 @@ def remove_route_probe(probe: RouteProbe) -> None:
 
 
 def settle_local_routes() -> None:
-    """Once, at the first request (the app's routes are final by then): every
-    local endpoint path the app routes itself is left to the app."""
+    """Once, at the first request (the app's routes and logging are final by
+    then): every local endpoint path the app routes itself is left to the app,
+    and the log format is applied (``logs.on_app_ready``)."""
     global _routes_settled
     with _settle_lock:
         if _routes_settled:
             return
         _routes_settled = True
         probes = list(_route_probes)
+    logs.on_app_ready()
     paths = list(local_routes.paths())
     if not paths:
         return
