@@ -158,7 +158,11 @@ def _wsgi(wrapped: Callable[..., Any], application: Any, args: tuple, kwargs: di
             return app
         worker_class = str(getattr(application.cfg, "worker_class_str", "") or "")
         if is_asgi(worker_class, app):
-            _logger.info("otel-render: gunicorn serves an ASGI app (%s); its requests are not instrumented", worker_class)
+            _logger.warning(
+                "otel-render: gunicorn serves an ASGI app (worker %s); otel-render instruments WSGI, so its "
+                "requests are not instrumented",
+                worker_class,
+            )
             return app
         wrapped_app = wsgi.wrap(app)
         if getattr(application, "callable", None) is app:
