@@ -287,6 +287,19 @@ def on_app_ready() -> None:
         _logger.warning("otel-render: could not set up log formatting; logs are unchanged", exc_info=True)
 
 
+def format_gunicorn_loggers(*loggers: logging.Logger) -> None:
+    """gunicorn's error and access loggers (they do not propagate to the root):
+    the same format as the app's console lines, as soon as gunicorn sets them up."""
+    if not _Instrumented.active:
+        return
+    try:
+        log_format = get_settings().log_format
+        for logger in loggers:
+            format_logger(logger, log_format, _FactoryState.service_name)
+    except Exception:  # pylint: disable=broad-except
+        _logger.debug("otel-render: could not format gunicorn's logs", exc_info=True)
+
+
 def _flask_default_handler() -> logging.Handler | None:
     module = sys.modules.get("flask.logging")
     return getattr(module, "default_handler", None) if module is not None else None

@@ -177,15 +177,9 @@ def _wsgi(wrapped: Callable[..., Any], application: Any, args: tuple, kwargs: di
 def _logger_setup(wrapped: Callable[..., Any], glogger: Any, args: tuple, kwargs: dict) -> Any:
     result = wrapped(*args, **kwargs)
     if _AppHook.active:
-        try:
-            from otel_render import logs  # pylint: disable=import-outside-toplevel
-            from otel_render.config import get_settings  # pylint: disable=import-outside-toplevel
+        from otel_render import logs  # pylint: disable=import-outside-toplevel
 
-            log_format = get_settings().log_format
-            for logger in (glogger.error_log, glogger.access_log):
-                logs.format_logger(logger, log_format)
-        except Exception:  # pylint: disable=broad-except
-            _logger.debug("otel-render: could not format gunicorn's logs", exc_info=True)
+        logs.format_gunicorn_loggers(glogger.error_log, glogger.access_log)
     return result
 
 

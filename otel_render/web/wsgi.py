@@ -715,13 +715,14 @@ class OtelRenderMiddleware:
 
     def __init__(self, app: WSGIApp) -> None:
         self.app = app
-        self.wrapped_by_otel_render = True
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         return handle_request(self.app, environ, start_response)
 
     def __getattr__(self, name: str) -> Any:
-        # Let code that reaches for the app's attributes (app.config, ...) still find them.
+        # Code that reaches for the app's attributes (app.config, ...) still finds them.
+        if name == "app":
+            raise AttributeError(name)
         return getattr(self.app, name)
 
 
