@@ -93,10 +93,11 @@ def test_flask_under_gunicorn(otlp_receiver, preload):
     assert f"correlation_id={UUID_ID}" in output
 
 
-def test_django_under_gunicorn(otlp_receiver):
+@pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload"])
+def test_django_under_gunicorn(otlp_receiver, preload):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    command = gunicorn_command("django_app:application", port=port, workers=2, preload=True)
+    command = gunicorn_command("django_app:application", port=port, workers=2, preload=preload)
     with AppProcess(command, env=web_env(otlp_receiver), cwd=APPS) as server:
         server.wait_http(base + "/items/1")
         ok = http_request(base + "/items/2", headers={"X-Request-ID": UUID_ID})
