@@ -29,7 +29,9 @@ REQUESTS = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
 WARMUP = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
 
 # One log line per request, written (the stream discards it) like an app's own logging.
-logging.basicConfig(level=logging.INFO, stream=open(os.devnull, "w"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+logging.basicConfig(
+    level=logging.INFO, stream=open(os.devnull, "w"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+)
 log = logging.getLogger("bench.app")
 
 database = os.path.join(tempfile.mkdtemp(prefix="otel-render-bench-"), "items.db")
@@ -110,7 +112,11 @@ def main() -> None:
     for number in range(REQUESTS):
         one_request(number)
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    result = {"us_per_request": elapsed / REQUESTS * 1e6, "cpu_us_per_request": cpu / REQUESTS * 1e6, "requests": REQUESTS}
+    result = {
+        "us_per_request": elapsed / REQUESTS * 1e6,
+        "cpu_us_per_request": cpu / REQUESTS * 1e6,
+        "requests": REQUESTS,
+    }
     print(json.dumps(result), flush=True)
 
 

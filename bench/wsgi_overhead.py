@@ -49,7 +49,7 @@ class _Sink(http.server.ThreadingHTTPServer):
 class _SinkHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         self.rfile.read(length)
         with self.server.lock:  # type: ignore[attr-defined]
@@ -142,9 +142,15 @@ def main() -> dict[str, float]:
 
     print("\n== WSGI request overhead: Flask + SQLAlchemy/SQLite item lookup, one log line, 100% sampling")
     print(f"   {REQUESTS} timed requests per run after {WARMUP} warm-up, median of {ROUNDS} interleaved runs")
-    print(f"   contrib side: {versions(contrib_bin, ['opentelemetry-sdk', 'opentelemetry-distro', 'opentelemetry-instrumentation-wsgi', 'opentelemetry-instrumentation-flask'])}")
-    print(f"   otel-render side: {versions(ours_bin, ['opentelemetry-sdk', 'opentelemetry-instrumentation', 'otel-render'])}")
-    print(f"   exported per run: contrib {exported['contrib'] / ROUNDS / 1024:.0f} KiB, otel-render {exported['otel-render'] / ROUNDS / 1024:.0f} KiB")
+    print(
+        f"   contrib side: {versions(contrib_bin, ['opentelemetry-sdk', 'opentelemetry-distro', 'opentelemetry-instrumentation-wsgi', 'opentelemetry-instrumentation-flask'])}"
+    )
+    print(
+        f"   otel-render side: {versions(ours_bin, ['opentelemetry-sdk', 'opentelemetry-instrumentation', 'otel-render'])}"
+    )
+    print(
+        f"   exported per run: contrib {exported['contrib'] / ROUNDS / 1024:.0f} KiB, otel-render {exported['otel-render'] / ROUNDS / 1024:.0f} KiB"
+    )
     figures: dict[str, float] = {}
     for measure, title in (("wall", "wall time"), ("cpu", "CPU time, all threads")):
         medians = {name: statistics.median(values[measure]) for name, values in samples.items()}

@@ -397,8 +397,10 @@ class OtlpLogHandler(logging.Handler):
                 attributes["exception.stacktrace"] = self.formatter_or_default().formatException(record.exc_info)
             for key, value in vars(record).items():
                 if key not in _STANDARD_ATTRIBUTES and not key.startswith("_"):
-                    attributes[key] = value if isinstance(value, (str, int, float, bool)) else json.dumps(
-                        _json_safe(value), default=str
+                    attributes[key] = (
+                        value
+                        if isinstance(value, (str, int, float, bool))
+                        else json.dumps(_json_safe(value), default=str)
                     )
             number, text = severity(record.levelno)
             logger.emit(

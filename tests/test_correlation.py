@@ -8,7 +8,8 @@ import re
 import uuid
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
@@ -43,13 +44,25 @@ def test_anything_else_is_refused(value):
 
 
 def test_uuids_and_32_hex_digits_become_trace_ids():
-    assert correlation.trace_id_from_request_id("0F8FAD5B-D9CB-469F-A165-70867728950E") == 0x0F8FAD5BD9CB469FA16570867728950E
-    assert correlation.trace_id_from_request_id("4bf92f3577b34da6a3ce929d0e0e4736") == 0x4BF92F3577B34DA6A3CE929D0E0E4736
+    assert (
+        correlation.trace_id_from_request_id("0F8FAD5B-D9CB-469F-A165-70867728950E")
+        == 0x0F8FAD5BD9CB469FA16570867728950E
+    )
+    assert (
+        correlation.trace_id_from_request_id("4bf92f3577b34da6a3ce929d0e0e4736") == 0x4BF92F3577B34DA6A3CE929D0E0E4736
+    )
 
 
 @pytest.mark.parametrize(
     "value",
-    ["00000000-0000-0000-0000-000000000000", "0" * 32, "req-123", "0f8fad5bd9cb469fa16570867728950", "g" * 32, "0f8fad5b-d9cb-469f-a165-70867728950e0"],
+    [
+        "00000000-0000-0000-0000-000000000000",
+        "0" * 32,
+        "req-123",
+        "0f8fad5bd9cb469fa16570867728950",
+        "g" * 32,
+        "0f8fad5b-d9cb-469f-a165-70867728950e0",
+    ],
 )
 def test_other_ids_and_the_zero_id_are_not_adopted(value):
     assert correlation.trace_id_from_request_id(value) is None
@@ -66,7 +79,9 @@ def test_the_first_valid_header_in_the_configured_order_wins():
 
 def test_adoption_and_the_header_list_are_configurable():
     uuid_id = "0f8fad5b-d9cb-469f-a165-70867728950e"
-    ids = correlation.RequestIds(settings_from({"OTEL_RENDER_ADOPT_REQUEST_ID": "false", "OTEL_RENDER_REQUEST_ID_HEADERS": "X-Trace-Key"}))
+    ids = correlation.RequestIds(
+        settings_from({"OTEL_RENDER_ADOPT_REQUEST_ID": "false", "OTEL_RENDER_REQUEST_ID_HEADERS": "X-Trace-Key"})
+    )
     assert ids.inbound({"HTTP_X_REQUEST_ID": uuid_id}) == (None, None)
     assert ids.inbound({"HTTP_X_TRACE_KEY": uuid_id}) == (uuid_id, None)
 
@@ -131,7 +146,9 @@ def uuid4_trace_ids(count: int, seed: int = 7) -> list[int]:
 
 
 def sampled_fraction(sampler, trace_ids) -> float:
-    return sum(sampler.should_sample(None, trace_id, "GET").decision.is_sampled() for trace_id in trace_ids) / len(trace_ids)
+    return sum(sampler.should_sample(None, trace_id, "GET").decision.is_sampled() for trace_id in trace_ids) / len(
+        trace_ids
+    )
 
 
 @pytest.mark.parametrize("ratio", [0.1, 0.25, 0.5, 0.9])
@@ -162,11 +179,17 @@ def test_whole_id_sampling_is_deterministic_and_bounded():
 def test_ratio_sampler_names_keep_their_meaning_with_the_whole_id_hash():
     assert correlation.sampler_for(settings_from({})) is None
     assert correlation.sampler_for(settings_from({"OTEL_TRACES_SAMPLER": "always_off"})) is None
-    ratio = correlation.sampler_for(settings_from({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.2"}))
+    ratio = correlation.sampler_for(
+        settings_from({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.2"})
+    )
     assert isinstance(ratio, correlation.WholeTraceIdRatioSampler) and ratio.ratio == 0.2
-    parent = correlation.sampler_for(settings_from({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.3"}))
+    parent = correlation.sampler_for(
+        settings_from({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.3"})
+    )
     assert isinstance(parent, ParentBased) and "0.3" in parent.get_description()
-    broken = correlation.sampler_for(settings_from({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "lots"}))
+    broken = correlation.sampler_for(
+        settings_from({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "lots"})
+    )
     assert broken.ratio == 1.0
 
 
@@ -179,7 +202,9 @@ def test_samplers_and_id_generator_are_published_for_other_configurators():
     }
     generator = next(ep for ep in entry_points(group="opentelemetry_id_generator") if ep.name == "otel_render")
     assert generator.load() is correlation.CorrelationIdGenerator
-    sampler = next(ep for ep in entry_points(group="opentelemetry_traces_sampler") if ep.name == "otel_render_traceidratio")
+    sampler = next(
+        ep for ep in entry_points(group="opentelemetry_traces_sampler") if ep.name == "otel_render_traceidratio"
+    )
     assert sampler.load()("0.5").ratio == 0.5
 
 
@@ -204,4 +229,6 @@ def test_server_timing_or_nothing_instead():
         'traceparent;desc="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"',
     )
     assert correlation.trace_response_headers("r", SPAN_CONTEXT, "none") == [("X-Request-ID", "r")]
-    assert correlation.trace_response_headers("r", trace.INVALID_SPAN_CONTEXT, "traceresponse") == [("X-Request-ID", "r")]
+    assert correlation.trace_response_headers("r", trace.INVALID_SPAN_CONTEXT, "traceresponse") == [
+        ("X-Request-ID", "r")
+    ]

@@ -72,7 +72,8 @@ DB_TIME_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 
 WORKER_TIMEOUT_SHARE = 0.8
 
 _KNOWN_METHODS = {
-    method: method for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY")
+    method: method
+    for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY")
 }
 _MAX_USER_AGENT = 512
 _MAX_QUERY = 2048
@@ -115,25 +116,25 @@ class ServerRequest:
     """One request in flight: its span, ids, timings and outcome."""
 
     __slots__ = (
-        "runtime",
-        "environ",
-        "span",
         "context",
-        "method",
-        "scheme",
-        "route",
-        "status_code",
-        "error_type",
         "correlation_id",
-        "trace_id",
-        "work",
+        "environ",
+        "error_captured",
+        "error_type",
+        "finished",
+        "method",
+        "response_headers",
+        "route",
+        "runtime",
+        "scheme",
+        "server_start_response",
+        "span",
         "started",
+        "status_code",
         "thread_id",
         "timed_out",
-        "error_captured",
-        "finished",
-        "response_headers",
-        "server_start_response",
+        "trace_id",
+        "work",
     )
 
     def __init__(self, runtime: WebRuntime, environ: dict[str, Any]) -> None:
@@ -272,7 +273,9 @@ class WebRuntime:
         settings = settings or get_settings()
         self.ids = correlation.RequestIds(settings)
         self.capture_client_ip = settings.capture_client_ip
-        self.timeout_s = effective_timeout_s(settings.request_timeout_s, worker_timeout_s or gunicorn.worker_timeout_s())
+        self.timeout_s = effective_timeout_s(
+            settings.request_timeout_s, worker_timeout_s or gunicorn.worker_timeout_s()
+        )
         self.tracer = trace.get_tracer(SCOPE, __version__, tracer_provider=tracer_provider)
         meter = metrics.get_meter(SCOPE, __version__, meter_provider=meter_provider)
         self.duration = meter.create_histogram(
@@ -431,7 +434,9 @@ class WebRuntime:
         self.duration.record(elapsed, duration_attributes)
         work = request.work
         if work.db_queries:
-            route_attributes = {"http.request.method": method, "http.route": route} if route else {"http.request.method": method}
+            route_attributes = (
+                {"http.request.method": method, "http.route": route} if route else {"http.request.method": method}
+            )
             self.db_queries.record(work.db_queries, route_attributes)
             self.db_time.record(work.db_time_s, route_attributes)
 
@@ -707,7 +712,9 @@ def _log_begin_failure() -> None:
     global _begin_failed
     if not _begin_failed:
         _begin_failed = True
-        _logger.warning("otel-render: could not start the telemetry of a request; requests run without it", exc_info=True)
+        _logger.warning(
+            "otel-render: could not start the telemetry of a request; requests run without it", exc_info=True
+        )
 
 
 class OtelRenderMiddleware:
@@ -745,7 +752,7 @@ def wrap(app: WSGIApp) -> WSGIApp:
     """``app`` behind :class:`OtelRenderMiddleware` (unless it already is)."""
     if isinstance(app, OtelRenderMiddleware):
         return app
-    for observer in list(_app_observers):
+    for observer in _app_observers:
         try:
             observer(app)
         except Exception:  # pylint: disable=broad-except

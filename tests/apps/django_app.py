@@ -22,9 +22,9 @@ if not settings.configured:
         LOGGING_CONFIG=None,
     )
 
-from django.core.wsgi import get_wsgi_application  # noqa: E402
-from django.http import HttpResponse, JsonResponse  # noqa: E402
-from django.urls import path  # noqa: E402
+from django.core.wsgi import get_wsgi_application
+from django.http import HttpResponse, JsonResponse
+from django.urls import path
 
 log = logging.getLogger("django_app")
 

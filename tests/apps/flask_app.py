@@ -2,10 +2,9 @@
 
 Routes: ``/items/<int:item_id>`` (logs a line), ``/fail`` (raises),
 ``/health`` (the app's own, which must win over otel-render's),
-``/slow?ms=`` (sleeps), ``/stalls`` (this worker's stuck-request records).
+``/slow?ms=`` (sleeps).
 """
 
-import json
 import logging
 import time
 
@@ -36,10 +35,3 @@ def own_health():
 def slow():
     time.sleep(int(request.args.get("ms", "100")) / 1000)
     return {"slept": True}
-
-
-@app.get("/stalls")
-def stalls():
-    from otel_render import diagnostics
-
-    return app.response_class(json.dumps([record.to_dict() for record in diagnostics.stalls.snapshot()]), mimetype="application/json")

@@ -4,8 +4,9 @@
 import sys
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-import otel_render
 from plain_wsgi_app import app as plain_app
+
+import otel_render
 
 app = otel_render.wrap_wsgi(plain_app)
 

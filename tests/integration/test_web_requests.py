@@ -64,8 +64,7 @@ def test_flask_under_gunicorn(otlp_receiver, preload):
 
         def all_exported(receiver) -> bool:
             routes = {
-                point.attributes.get("http.route")
-                for point in receiver.metric_points("http.server.request.duration")
+                point.attributes.get("http.route") for point in receiver.metric_points("http.server.request.duration")
             }
             return len(server_spans(receiver)) >= 6 and {"/items/<int:item_id>", "/fail"} <= routes
 
@@ -85,8 +84,12 @@ def test_flask_under_gunicorn(otlp_receiver, preload):
     assert secret_span.attributes["url.query"] == "api_key=[redacted]&page=2"
     (failed_span,) = [span for span in spans if span.attributes.get("correlation.id") == "order-77"]
     assert failed_span.status_code == 2 and failed_span.attributes["http.route"] == "/fail"
-    assert any(name == "exception" and "hunter2" not in attrs["exception.message"] for name, attrs in failed_span.events)
-    routes = {point.attributes.get("http.route") for point in otlp_receiver.metric_points("http.server.request.duration")}
+    assert any(
+        name == "exception" and "hunter2" not in attrs["exception.message"] for name, attrs in failed_span.events
+    )
+    routes = {
+        point.attributes.get("http.route") for point in otlp_receiver.metric_points("http.server.request.duration")
+    }
     assert not any(route and route.startswith("/items/") and route != "/items/<int:item_id>" for route in routes)
     # The app's own log line carries the ids (text format: appended).
     assert f"item 3 looked up trace_id={adopted_trace}" in output
@@ -121,7 +124,11 @@ def test_a_plain_wsgi_app_under_gthread_workers_with_json_logs_a_stuck_request_a
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     command = gunicorn_command(
-        "plain_wsgi_app:app", port=port, workers=1, worker_class="gthread", extra=["--threads", "4", "--access-logfile", "-"]
+        "plain_wsgi_app:app",
+        port=port,
+        workers=1,
+        worker_class="gthread",
+        extra=["--threads", "4", "--access-logfile", "-"],
     )
     env = web_env(
         otlp_receiver,
@@ -131,7 +138,11 @@ def test_a_plain_wsgi_app_under_gthread_workers_with_json_logs_a_stuck_request_a
     )
     with AppProcess(command, env=env, cwd=APPS) as server:
         server.wait_http(base + "/")
-        stuck = threading.Thread(target=http_request, args=(base + "/slow?ms=2500",), kwargs={"headers": {"X-Request-ID": "stuck-1"}, "timeout": 20})
+        stuck = threading.Thread(
+            target=http_request,
+            args=(base + "/slow?ms=2500",),
+            kwargs={"headers": {"X-Request-ID": "stuck-1"}, "timeout": 20},
+        )
         stuck.start()
         served = http_request(base + "/?token=abc", headers={"X-Request-ID": UUID_ID})
         assert served.status == 200 and served.header("X-Request-ID") == UUID_ID
@@ -161,7 +172,9 @@ def test_a_plain_wsgi_app_under_gthread_workers_with_json_logs_a_stuck_request_a
     # Every stdout line is one JSON object: the app's, ours and gunicorn's access log.
     lines = [json.loads(line) for line in stdout.splitlines() if line.strip()]
     adopted_trace = UUID_ID.replace("-", "")
-    (app_line,) = [line for line in lines if line["message"] == "plain app served /" and line.get("trace_id") == adopted_trace]
+    (app_line,) = [
+        line for line in lines if line["message"] == "plain app served /" and line.get("trace_id") == adopted_trace
+    ]
     assert app_line["correlation_id"] == UUID_ID and app_line["service"] == "web-tests"
     access = [line for line in lines if line["logger"] == "gunicorn.access" and line.get("trace_id") == adopted_trace]
     assert access and access[0]["http"]["status"] == "200"
@@ -170,7 +183,9 @@ def test_a_plain_wsgi_app_under_gthread_workers_with_json_logs_a_stuck_request_a
     assert stall_line["correlation_id"] == "stuck-1" and "wait_for_report" in stall_line["stall"]["stack"]
     assert any(line["logger"] == "otel_render.web" and "error_context" in line for line in lines)
     # OTLP log export beside the console: the app's record with its trace.
-    (exported_log,) = [log for log in otlp_receiver.logs() if log.body == "plain app served /" and log.trace_id == adopted_trace]
+    (exported_log,) = [
+        log for log in otlp_receiver.logs() if log.body == "plain app served /" and log.trace_id == adopted_trace
+    ]
     assert exported_log.attributes["correlation.id"] == UUID_ID
 
 
@@ -195,7 +210,9 @@ def test_a_header_at_gunicorns_field_size_limit_passes_through_safely(otlp_recei
 def test_wrap_wsgi_under_the_stdlib_server(otlp_receiver):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    with AppProcess([sys.executable, "stdlib_server_app.py", str(port)], env=web_env(otlp_receiver), cwd=APPS) as server:
+    with AppProcess(
+        [sys.executable, "stdlib_server_app.py", str(port)], env=web_env(otlp_receiver), cwd=APPS
+    ) as server:
         server.wait_http(base + "/")
         response = http_request(base + "/", headers={"X-Request-ID": UUID_ID})
         assert response.header("X-Request-ID") == UUID_ID

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 
-def environ_for(path: str = "/", method: str = "GET", query: str = "", headers: dict[str, str] | None = None) -> dict[str, Any]:
+def environ_for(
+    path: str = "/", method: str = "GET", query: str = "", headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     environ: dict[str, Any] = {
         "REQUEST_METHOD": method,
         "SCRIPT_NAME": "",

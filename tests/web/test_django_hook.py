@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "apps"))
 @pytest.fixture
 def django_app(telemetry):
     DjangoInstrumentor().instrument()
-    import django_app as module  # noqa: PLC0415 - configures Django on import
+    import django_app as module
 
     yield module.application
     DjangoInstrumentor().uninstrument()

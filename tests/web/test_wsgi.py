@@ -8,7 +8,8 @@ import threading
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.instrumentation.utils import _start_internal_or_server_span
@@ -29,7 +30,10 @@ def hello(environ, start_response):
 
 
 def test_one_server_span_with_stable_attributes_and_a_scrubbed_query(telemetry):
-    response = call(wsgi.wrap(hello), environ_for("/items/7", query="page=2&api_key=s3cret&token=x", headers={"User-Agent": "curl/8"}))
+    response = call(
+        wsgi.wrap(hello),
+        environ_for("/items/7", query="page=2&api_key=s3cret&token=x", headers={"User-Agent": "curl/8"}),
+    )
     assert response.status == "200 OK" and response.body == b"hello"
     (span,) = telemetry.server_spans()
     assert span.name == "GET"
@@ -112,7 +116,10 @@ def test_client_address_only_when_opted_in(telemetry_factory):
 
 
 def test_client_address_prefers_the_first_forwarded_hop():
-    assert wsgi.client_address({"HTTP_X_FORWARDED_FOR": "203.0.113.9, 10.0.0.1", "REMOTE_ADDR": "10.0.0.1"}) == "203.0.113.9"
+    assert (
+        wsgi.client_address({"HTTP_X_FORWARDED_FOR": "203.0.113.9, 10.0.0.1", "REMOTE_ADDR": "10.0.0.1"})
+        == "203.0.113.9"
+    )
     assert wsgi.client_address({"REMOTE_ADDR": "2001:db8::1"}) == "2001:db8::1"
     assert wsgi.client_address({"REMOTE_ADDR": "x; drop"}) is None
 
@@ -132,9 +139,21 @@ def test_duration_by_route_template_and_normalised_method(telemetry):
     for number in range(3):
         call(app, environ_for(f"/items/{number}"))
     call(app, environ_for("/items/9", method="BREW"))
-    points = {tuple(sorted(point.attributes.items())): point for point in telemetry.points("http.server.request.duration")}
-    get = (("http.request.method", "GET"), ("http.response.status_code", 200), ("http.route", "/items/{id}"), ("url.scheme", "http"))
-    other = (("http.request.method", "_OTHER"), ("http.response.status_code", 200), ("http.route", "/items/{id}"), ("url.scheme", "http"))
+    points = {
+        tuple(sorted(point.attributes.items())): point for point in telemetry.points("http.server.request.duration")
+    }
+    get = (
+        ("http.request.method", "GET"),
+        ("http.response.status_code", 200),
+        ("http.route", "/items/{id}"),
+        ("url.scheme", "http"),
+    )
+    other = (
+        ("http.request.method", "_OTHER"),
+        ("http.response.status_code", 200),
+        ("http.route", "/items/{id}"),
+        ("url.scheme", "http"),
+    )
     assert set(points) == {get, other}
     assert points[get].count == 3
     spans = telemetry.server_spans()
@@ -211,7 +230,10 @@ def test_an_exception_escaping_a_plain_app_is_captured_once(telemetry, caplog):
         raise RuntimeError("cannot connect: password=hunter2")
 
     with caplog.at_level(logging.ERROR, logger="otel_render.web"), pytest.raises(RuntimeError):
-        call(wsgi.wrap(failing), environ_for("/pay", query="card=1", headers={"Authorization": "Bearer abc", "X-Request-ID": "req-9"}))
+        call(
+            wsgi.wrap(failing),
+            environ_for("/pay", query="card=1", headers={"Authorization": "Bearer abc", "X-Request-ID": "req-9"}),
+        )
     (span,) = telemetry.server_spans()
     assert span.status.status_code.name == "ERROR"
     assert span.attributes["error.type"] == "RuntimeError"
@@ -369,7 +391,10 @@ def test_a_stuck_request_is_reported_once_with_its_stack(telemetry_factory, capl
         start_response("200 OK", [])
         return [b""]
 
-    worker = threading.Thread(target=call, args=(wsgi.wrap(wait_for_the_database), environ_for("/report", headers={"X-Request-ID": "stuck-1"})))
+    worker = threading.Thread(
+        target=call,
+        args=(wsgi.wrap(wait_for_the_database), environ_for("/report", headers={"X-Request-ID": "stuck-1"})),
+    )
     worker.start()
     try:
         assert inside.wait(10)
@@ -414,13 +439,17 @@ SAFE = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]{1,128}")
 header_text = st.one_of(
     st.text(max_size=200),
     st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0xFF), max_size=200),
-    st.sampled_from([UUID_ID, TRACEPARENT, "0" * 32, "00-" + "0" * 32 + "-" + "0" * 16 + "-01", "a\r\nX-Evil: 1", "x" * 129]),
+    st.sampled_from(
+        [UUID_ID, TRACEPARENT, "0" * 32, "00-" + "0" * 32 + "-" + "0" * 16 + "-01", "a\r\nX-Evil: 1", "x" * 129]
+    ),
 )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(request_id=header_text, correlation_id=header_text, traceparent=header_text, tracestate=header_text)
-def test_hostile_ids_never_reach_the_app_or_the_response(telemetry, request_id, correlation_id, traceparent, tracestate):
+def test_hostile_ids_never_reach_the_app_or_the_response(
+    telemetry, request_id, correlation_id, traceparent, tracestate
+):
     calls = []
 
     def app(environ, start_response):
@@ -428,7 +457,12 @@ def test_hostile_ids_never_reach_the_app_or_the_response(telemetry, request_id, 
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"ok"]
 
-    headers = {"X-Request-ID": request_id, "X-Correlation-ID": correlation_id, "traceparent": traceparent, "tracestate": tracestate}
+    headers = {
+        "X-Request-ID": request_id,
+        "X-Correlation-ID": correlation_id,
+        "traceparent": traceparent,
+        "tracestate": tracestate,
+    }
     response = call(wsgi.wrap(app), environ_for(headers=headers))
     assert len(calls) == 1 and response.status == "200 OK"
     for name, value in response.headers:
