@@ -348,9 +348,6 @@ class WebRuntime:
         query = environ.get("QUERY_STRING")
         if query:
             attributes["url.query"] = scrubber.query_string(query[:_MAX_QUERY])
-        protocol = environ.get("SERVER_PROTOCOL")
-        if protocol and protocol.startswith("HTTP/"):
-            attributes["network.protocol.version"] = protocol[5:]
         user_agent = environ.get("HTTP_USER_AGENT")
         if user_agent:
             attributes["user_agent.original"] = user_agent[:_MAX_USER_AGENT]
@@ -375,18 +372,18 @@ class WebRuntime:
         span_context = span.get_span_context()
         request.trace_id = f"{span_context.trace_id:032x}" if span_context.is_valid else None
         if inbound_id is None:
-            # Generated: the trace id itself (a random one when no SDK is configured).
+            # Generated: the trace id itself (a random one when no SDK is
+            # configured). Not repeated as a span attribute: it is the trace id.
             inbound_id = request.trace_id or uuid.uuid4().hex
-            if inbound_id and span.is_recording():
-                span.set_attribute("correlation.id", inbound_id)
         request.correlation_id = inbound_id
         request.span = span
         request.context = trace.set_span_in_context(span, parent)
         request.response_headers = correlation.trace_response_headers(inbound_id, span_context, self.ids.response_mode)
-        request.work = request_context.WorkRecord(kind="request", correlation_id=inbound_id)
+        started = time.monotonic()
+        request.work = request_context.WorkRecord(kind="request", correlation_id=inbound_id, started_monotonic=started)
 
         request.thread_id = threading.get_ident()
-        request.started = time.monotonic()
+        request.started = started
         self.in_flight[id(request)] = request
         if not self.watchdog.running:
             self.watchdog.start()
