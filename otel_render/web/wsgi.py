@@ -409,8 +409,8 @@ class WebRuntime:
                 span.update_name(f"{request.method} {route}")
             if error_type is not None:
                 attributes["error.type"] = error_type
-            if status >= 500 or (error_type is not None and not status):
-                span.set_status(Status(StatusCode.ERROR))
+            if (status >= 500 or (error_type is not None and not status)) and not request.error_captured:
+                span.set_status(Status(StatusCode.ERROR))  # a captured error set it, with its message
             work = request.work
             if work.db_queries:
                 attributes["otel_render.db.queries"] = work.db_queries

@@ -236,6 +236,7 @@ def test_an_exception_escaping_a_plain_app_is_captured_once(telemetry, caplog):
         )
     (span,) = telemetry.server_spans()
     assert span.status.status_code.name == "ERROR"
+    assert span.status.description == "RuntimeError: cannot connect: password=[redacted]"
     assert span.attributes["error.type"] == "RuntimeError"
     (event,) = [event for event in span.events if event.name == "exception"]
     assert "hunter2" not in event.attributes["exception.message"]
