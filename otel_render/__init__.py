@@ -55,13 +55,16 @@ def wrap_wsgi(app: Any) -> Any:
     request, the HTTP meters, correlation ids, error contexts, the request
     watchdog (see ``otel_render/web/wsgi.py``).
 
-    Configures the SDK first when nothing has (as :func:`configure` does).
-    Wrapping an app twice, or an app gunicorn's hook already wraps, is
-    harmless: a request only ever gets one server span. Never raises.
+    Configures the SDK first when nothing has (as :func:`configure` does);
+    with ``OTEL_SDK_DISABLED=true`` (or a configuration that failed) the app
+    comes back unchanged. Wrapping an app twice, or an app gunicorn's hook
+    already wraps, is harmless: a request only ever gets one server span.
+    Never raises.
     """
     from otel_render.web import wsgi  # pylint: disable=import-outside-toplevel
 
-    configure()
+    if not configure():
+        return app
     try:
         return wsgi.wrap(app)
     except Exception:  # pylint: disable=broad-except

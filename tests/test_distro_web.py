@@ -79,3 +79,19 @@ def test_cardinality_limits_cover_every_instrument_kind():
     settings, _ = Settings.from_environ({"OTEL_RENDER_METRIC_CARDINALITY_LIMIT": "50"})
     limits = distro.cardinality_limits(settings)
     assert len(limits) == 7 and set(limits.values()) == {50}
+
+
+def test_wrap_wsgi_configures_once_and_leaves_the_app_alone_when_disabled():
+    code = """
+        import otel_render
+        def app(environ, start_response):
+            return []
+        wrapped = otel_render.wrap_wsgi(app)
+        print(wrapped is app, otel_render.wrap_wsgi(wrapped) is wrapped)
+        """
+    enabled = run_python(code, {})
+    assert enabled.returncode == 0, enabled.stderr
+    assert enabled.stdout.split() == ["False", "True"]
+    disabled = run_python(code, {"OTEL_SDK_DISABLED": "true"})
+    assert disabled.returncode == 0, disabled.stderr
+    assert disabled.stdout.split() == ["True", "True"]
