@@ -488,11 +488,14 @@ class WebRuntime:
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__qualname__}: {error.error.message[:200]}"))
         token = otel_context.attach(request.context)
         try:
+            # The ids are in the text too: this line may reach the console
+            # through Python's last-resort handler, which adds nothing.
             _logger.error(
-                "unhandled %s in %s %s: %s",
-                error.error.type,
+                "unhandled %s in %s %s (correlation id %s): %s",
+                type(exc).__qualname__,
                 request.method,
                 request.current_route() or request.path(),
+                request.correlation_id,
                 error.error.message,
                 extra={"error_context": error.to_dict()},
             )
@@ -531,10 +534,12 @@ class WebRuntime:
         work_token = request_context.begin(request.work)
         try:
             _logger.warning(
-                "request still running after %.1f s (request timeout %.1f s): %s; its stack is in the diagnostics",
+                "request still running after %.1f s (request timeout %.1f s): %s (correlation id %s); "
+                "its stack is in the diagnostics",
                 running_s,
                 self.timeout_s,
                 record.name,
+                request.correlation_id,
                 extra={"stall": record.to_dict()},
             )
         finally:
