@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BENCHMARKS = ["shutdown_exit", "db_overhead", "scheduler_jobs", "health_latency"]
+BENCHMARKS = ["shutdown_exit", "wsgi_overhead", "db_overhead", "scheduler_jobs", "health_latency"]
 
 
 def main(argv: list[str]) -> int:

@@ -18,11 +18,15 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / ".bench"
 
 
-def ensure_venv(name: str, requirements: list[str]) -> Path:
-    """Create (or reuse) ``.bench/<name>`` with ``requirements``; return its bin dir."""
+def ensure_venv(name: str, requirements: list[str], no_deps: list[str] | None = None) -> Path:
+    """Create (or reuse) ``.bench/<name>`` with ``requirements``; return its bin dir.
+
+    ``no_deps`` are installed afterwards without their dependencies (a contrib
+    package whose release lags one beta behind the rest, say).
+    """
     venv = BENCH_DIR / name
     marker = venv / ".requirements"
-    wanted = json.dumps(sorted(requirements))
+    wanted = json.dumps(sorted(requirements) + sorted(no_deps or []))
     if marker.exists() and marker.read_text() == wanted:
         return venv / "bin"
     BENCH_DIR.mkdir(exist_ok=True)
@@ -33,6 +37,10 @@ def ensure_venv(name: str, requirements: list[str]) -> Path:
         check=True,
         cwd=ROOT,
     )
+    if no_deps:
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", *no_deps], check=True, cwd=ROOT
+        )
     marker.write_text(wanted)
     return venv / "bin"
 

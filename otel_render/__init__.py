@@ -9,7 +9,11 @@ or, when the start command cannot change, at the top of the WSGI module::
     import otel_render
     otel_render.configure()
 
-Public API: :func:`configure` and ``__version__``. Everything is configured by
+For a WSGI app that neither gunicorn, Flask nor Django hands to us::
+
+    app = otel_render.wrap_wsgi(app)
+
+Public API: :func:`configure`, :func:`wrap_wsgi` and ``__version__``. Everything is configured by
 environment variables (``docs/configuration.md``); ``OTEL_SDK_DISABLED=true``
 turns the whole package off.
 """
@@ -18,13 +22,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 from opentelemetry.util._importlib_metadata import entry_points
 
 from otel_render.distro import configure_sdk
 from otel_render.version import __version__
 
-__all__ = ["configure", "__version__"]
+__all__ = ["configure", "wrap_wsgi", "__version__"]
 
 _logger = logging.getLogger("otel_render")
 _instrument_lock = threading.Lock()
@@ -43,6 +48,28 @@ def configure(*, instrument: bool = True) -> bool:
     if instrument:
         _load_own_instrumentors()
     return True
+
+
+def wrap_wsgi(app: Any) -> Any:
+    """``app`` behind otel-render's WSGI middleware: one server span per
+    request, the HTTP meters, correlation ids, error contexts, the request
+    watchdog (see ``otel_render/web/wsgi.py``).
+
+    Configures the SDK first when nothing has (as :func:`configure` does);
+    with ``OTEL_SDK_DISABLED=true`` (or a configuration that failed) the app
+    comes back unchanged. Wrapping an app twice, or an app gunicorn's hook
+    already wraps, is harmless: a request only ever gets one server span.
+    Never raises.
+    """
+    from otel_render.web import wsgi  # pylint: disable=import-outside-toplevel
+
+    if not configure():
+        return app
+    try:
+        return wsgi.wrap(app)
+    except Exception:  # pylint: disable=broad-except
+        _logger.warning("otel-render: could not wrap the WSGI app; it runs uninstrumented", exc_info=True)
+        return app
 
 
 def _load_own_instrumentors() -> None:

@@ -276,6 +276,78 @@ class Settings:
     )
 
     # --- Web requests (issue: web) -------------------------------------------
+    request_id_headers: tuple[str, ...] = _var(
+        "OTEL_RENDER_REQUEST_ID_HEADERS",
+        NAMES,
+        ("X-Request-ID", "X-Correlation-ID"),
+        "Request headers that carry a correlation id, in order of preference. A valid id "
+        "(token characters, at most 128) is kept as `correlation.id` and echoed as `X-Request-ID`.",
+        "X-Request-ID,X-Correlation-ID",
+        section=_WEB,
+    )
+    adopt_request_id: bool = _var(
+        "OTEL_RENDER_ADOPT_REQUEST_ID",
+        BOOL,
+        True,
+        "Without an inbound `traceparent`, a request id that is a UUID or 32 hex digits becomes "
+        "the trace id itself. Clients that reuse ids then merge their traces.",
+        "false",
+        section=_WEB,
+    )
+    response_trace_header: str = _var(
+        "OTEL_RENDER_RESPONSE_TRACE_HEADER",
+        choice("traceresponse", "server-timing", "none"),
+        "traceresponse",
+        "How each response names its trace besides `X-Request-ID`: a W3C `traceresponse` header, "
+        "`Server-Timing: traceparent;desc=...` (readable by browser scripts), or nothing.",
+        "server-timing",
+        section=_WEB,
+    )
+    request_timeout_s: float = _var(
+        "OTEL_RENDER_REQUEST_TIMEOUT_S",
+        number(float, 0.1, 3600, "seconds"),
+        30.0,
+        "A request running longer is reported once with its thread's stack. Under gunicorn at most "
+        "80% of the worker `--timeout`, so it fires before the arbiter kills the worker.",
+        "30",
+        section=_WEB,
+    )
+    capture_client_ip: bool = _var(
+        "OTEL_RENDER_CAPTURE_CLIENT_IP",
+        BOOL,
+        False,
+        "Record the client address (`client.address`, error contexts): first `X-Forwarded-For` hop, "
+        "else the peer address.",
+        "true",
+        section=_WEB,
+    )
+    metric_cardinality_limit: int = _var(
+        "OTEL_RENDER_METRIC_CARDINALITY_LIMIT",
+        number(int, 10, 100_000),
+        500,
+        "Most attribute sets one instrument keeps (the SDK's cardinality limit, on every reader); "
+        "further ones go to one series marked `otel.metric.overflow=true`.",
+        "500",
+        section=_WEB,
+    )
+    log_format: str = _var(
+        "OTEL_RENDER_LOG_FORMAT",
+        choice("text", "json", "none"),
+        "text",
+        "Console log lines: `text` appends trace, span and correlation ids to lines of the standard "
+        "formatter; `json` writes one JSON object per line; `none` leaves them as they are.",
+        "json",
+        section=_WEB,
+    )
+    scrub_keys: tuple[str, ...] = _var(
+        "OTEL_RENDER_SCRUB_KEYS",
+        NAMES,
+        (),
+        "More key fragments whose values are redacted everywhere (headers, query strings, logs), "
+        "besides the built-in ones.",
+        "ssn,card_number",
+        section=_WEB,
+    )
 
     # --- Database (issue: database) ------------------------------------------
     db_timeout_s: float = _var(

@@ -38,9 +38,10 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.util._importlib_metadata import EntryPoint, entry_points
 
-from otel_render import diagnostics, endpoints, lifecycle
+from otel_render import diagnostics, endpoints, lifecycle, scrub, scrub_export
 from otel_render.backends import PROTOCOL_GRPC, ExportPlan, SignalPlan, plan_export
 from otel_render.config import Settings, get_settings, sdk_self_metrics
+from otel_render.correlation import CorrelationIdGenerator, sampler_for
 from otel_render.local.reader import LocalMetricReader
 from otel_render.platform import render_resource_attributes, user_resource_keys, without_user_keys
 from otel_render.version import __version__
@@ -55,6 +56,12 @@ CONFIGURATOR_NAME = "otel_render"
 #: server spans per request or two spans per query. Later integrations add to it.
 SUPERSEDED_CONTRIB_INSTRUMENTORS: set[str] = {
     "sqlalchemy",  # otel_render.db: also SQLAlchemy 2.1, pool meters, deadlines, circuit breaker
+    # The gunicorn, Flask and Django hooks of web/ make the server span, and
+    # logs.py puts the ids on log records (docs/configuration.md, "Web requests",
+    # explains what happens when opentelemetry-distro loads both).
+    "flask",
+    "django",
+    "logging",
 }
 
 
@@ -106,6 +113,10 @@ def _build(settings: Settings, auto_instrumentation_version: str | None) -> Pipe
     for problem in plan.problems:
         _logger.warning("otel-render: %s", problem)
     resource = build_resource(settings, auto_instrumentation_version)
+    if settings.scrub_keys:
+        scrub.default.extend(settings.scrub_keys)
+        scrub_export.forget_treatments()
+    limits = cardinality_limits(settings)
     pipeline = Pipeline(settings=settings, plan=plan, resource=resource, problems=list(plan.problems))
 
     existing = trace.get_tracer_provider()
@@ -121,17 +132,26 @@ def _build(settings: Settings, auto_instrumentation_version: str | None) -> Pipe
         pipeline.tracer_provider = existing
         meter_provider = metrics.get_meter_provider()
         if isinstance(meter_provider, MeterProvider):
-            pipeline.local_reader = LocalMetricReader()
+            pipeline.local_reader = LocalMetricReader(cardinality_limits=limits)
             meter_provider.add_metric_reader(pipeline.local_reader)
             pipeline.meter_provider = meter_provider
     else:
-        pipeline.local_reader = LocalMetricReader()
+        pipeline.local_reader = LocalMetricReader(cardinality_limits=limits)
         readers: list[MetricReader] = [pipeline.local_reader]
-        readers += [PeriodicExportingMetricReader(exporter) for exporter in _exporters(plan.signals["metrics"])]
+        readers += [
+            PeriodicExportingMetricReader(exporter, cardinality_limits=limits)
+            for exporter in _exporters(plan.signals["metrics"])
+        ]
         pipeline.meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
         metrics.set_meter_provider(pipeline.meter_provider)
 
-        pipeline.tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        pipeline.tracer_provider = TracerProvider(
+            resource=resource,
+            shutdown_on_exit=False,
+            # Request ids become trace ids through the SDK's own seams.
+            id_generator=CorrelationIdGenerator(),
+            sampler=sampler_for(settings),
+        )
         for processor in _span_processors(plan.signals["traces"]):
             pipeline.tracer_provider.add_span_processor(processor)
         trace.set_tracer_provider(pipeline.tracer_provider)
@@ -140,7 +160,9 @@ def _build(settings: Settings, auto_instrumentation_version: str | None) -> Pipe
         if log_exporters:
             pipeline.logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
             for exporter in log_exporters:
-                pipeline.logger_provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+                pipeline.logger_provider.add_log_record_processor(
+                    BatchLogRecordProcessor(scrub_export.ScrubbingLogExporter(exporter))
+                )
             set_logger_provider(pipeline.logger_provider)
 
         for provider in (pipeline.tracer_provider, pipeline.meter_provider, pipeline.logger_provider):
@@ -165,6 +187,24 @@ def _build(settings: Settings, auto_instrumentation_version: str | None) -> Pipe
         ", ".join(f"{name} via {'/'.join(p.exporters)}" for name, p in plan.signals.items() if p.exporters) or "nothing (local only)",
     )
     return pipeline
+
+
+def cardinality_limits(settings: Settings) -> dict[type, int]:
+    """``OTEL_RENDER_METRIC_CARDINALITY_LIMIT`` for every instrument kind, the
+    SDK's own per-instrument limit (overflow series ``otel.metric.overflow``).
+    Every reader gets the same, so the local endpoints and the backend agree."""
+    from opentelemetry.sdk.metrics import (  # pylint: disable=import-outside-toplevel
+        Counter,
+        Histogram,
+        ObservableCounter,
+        ObservableGauge,
+        ObservableUpDownCounter,
+        UpDownCounter,
+    )
+    from opentelemetry.sdk.metrics._internal.instrument import Gauge  # pylint: disable=import-outside-toplevel
+
+    kinds = (Counter, UpDownCounter, Histogram, Gauge, ObservableCounter, ObservableUpDownCounter, ObservableGauge)
+    return {kind: settings.metric_cardinality_limit for kind in kinds}
 
 
 def build_resource(settings: Settings, auto_instrumentation_version: str | None = None) -> Resource:
@@ -235,7 +275,8 @@ def _exporters(plan: SignalPlan) -> list[Any]:
 
 
 def _span_processors(plan: SignalPlan) -> Sequence[SpanProcessor]:
-    return [BatchSpanProcessor(exporter) for exporter in _exporters(plan)]
+    # Scrubbed on the export thread: attributes other instrumentations add too.
+    return [BatchSpanProcessor(scrub_export.ScrubbingSpanExporter(exporter)) for exporter in _exporters(plan)]
 
 
 def _otlp_exporter(plan: SignalPlan) -> Any:

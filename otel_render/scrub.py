@@ -46,12 +46,22 @@ class Scrubber:
     """Redacts values of sensitive keys; ``extra_fragments`` extends the list."""
 
     def __init__(self, extra_fragments: Iterable[str] = ()) -> None:
+        self.fragments: tuple[str, ...] = ()
+        self._compile(extra_fragments)
+
+    def extend(self, fragments: Iterable[str]) -> None:
+        """Add key fragments (``OTEL_RENDER_SCRUB_KEYS``) to this scrubber, in place,
+        so every module holding it scrubs them from now on."""
+        self._compile((*self.fragments, *fragments))
+
+    def _compile(self, extra_fragments: Iterable[str]) -> None:
         fragments = tuple(dict.fromkeys((*SENSITIVE_FRAGMENTS, *(f.lower().replace("-", "_") for f in extra_fragments))))
         self.fragments = fragments
         alternation = "|".join(re.escape(fragment) for fragment in fragments)
         self._fragment_pattern = re.compile(alternation)
         # key=value or key: value in free text, where the key contains a fragment.
-        key = r"[A-Za-z0-9_.\-]*(?:" + alternation.replace(r"\_", "[_-]?") + r")[A-Za-z0-9_.\-]*"
+        key_fragment = alternation.replace("_", "[_-]?")  # api_key, api-key, apikey
+        key = r"[A-Za-z0-9_.\-]*(?:" + key_fragment + r")[A-Za-z0-9_.\-]*"
         self._pair_pattern = re.compile(
             r"(?P<key>\b" + key + r")(?P<sep>\s*[=:]\s*)(?P<quote>[\"']?)(?P<value>[^\s\"'&,;)}\]]+)",
             re.IGNORECASE,
@@ -60,6 +70,13 @@ class Scrubber:
             r"(?P<key>[\"']" + key + r"[\"'])(?P<sep>\s*:\s*)(?P<quote>[\"'])(?P<value>(?:\\.|(?!(?P=quote)).)*)(?P=quote)",
             re.IGNORECASE,
         )
+        # Anything the text patterns below could match contains one of these
+        # (lower-cased): a few substring tests let the common case, a plain log
+        # line, skip the regular expressions.
+        triggers = {"://", "[parameters: ", "bearer", "basic", "token"}
+        for fragment in fragments:
+            triggers.update({fragment, fragment.replace("_", "-"), fragment.replace("_", "")})
+        self._triggers = tuple(sorted(triggers))
         self.is_sensitive = functools.lru_cache(maxsize=1024)(self._is_sensitive)
 
     def _is_sensitive(self, key: str) -> bool:
@@ -107,6 +124,9 @@ class Scrubber:
     def text(self, text: str) -> str:
         """Free text (an exception message, a log line) with secrets redacted by pattern."""
         if not text:
+            return text
+        lowered = text.lower()
+        if not any(trigger in lowered for trigger in self._triggers):
             return text
         text = _URL_CREDENTIALS.sub(lambda m: f"{m.group('prefix')}{m.group('user')}:{REDACTED}@", text)
         text = _SQL_PARAMETERS.sub(f"[parameters: {REDACTED}]", text)

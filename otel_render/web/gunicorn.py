@@ -14,19 +14,28 @@ imported after ``sitecustomize`` runs), so it works with and without
 where ``--preload`` imports the app: code that runs at import (a scheduler
 started by the app) can tell that this process is about to fork. Nothing here
 runs on the request path.
+
+:class:`GunicornInstrumentor` (entry point ``gunicorn``) hooks the point where
+gunicorn loads the WSGI app and puts it behind otel-render's middleware
+(``web/wsgi.py``), and gives gunicorn's own error and access logs the log
+format of ``logs.py``.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
 import wrapt
+from opentelemetry.instrumentation.utils import unwrap
+
+from otel_render.instrumentor import RenderInstrumentor
 
 _logger = logging.getLogger("otel_render.web.gunicorn")
 
@@ -124,3 +133,133 @@ def worker_timeout_s() -> float | None:
     before the arbiter kills a worker that looks stuck.
     """
     return _state.worker_timeout_s
+
+
+# --------------------------------------------------------------------------
+# The WSGI app gunicorn loads, and gunicorn's own logs
+# --------------------------------------------------------------------------
+
+#: Worker classes that serve ASGI apps: their app is left alone.
+_ASGI_WORKER_MARKERS = ("uvicorn", "asgi")
+
+
+def is_asgi(worker_class: str, app: Any) -> bool:
+    """Whether gunicorn serves ``app`` as ASGI (uvicorn workers, gunicorn's own
+    ``asgi`` worker, or an app whose ``__call__`` is a coroutine function)."""
+    lowered = worker_class.lower()
+    if any(marker in lowered for marker in _ASGI_WORKER_MARKERS):
+        return True
+    call = app if inspect.isfunction(app) or inspect.ismethod(app) else getattr(type(app), "__call__", None)
+    return inspect.iscoroutinefunction(call)
+
+
+class _AppHook:
+    active = False
+    patched: set[str] = set()
+
+
+def _wsgi(wrapped: Callable[..., Any], application: Any, args: tuple, kwargs: dict) -> Any:
+    app = wrapped(*args, **kwargs)
+    if not _AppHook.active or app is None:
+        return app
+    try:
+        from otel_render import logs  # pylint: disable=import-outside-toplevel
+        from otel_render.web import wsgi  # pylint: disable=import-outside-toplevel
+
+        if isinstance(app, wsgi.OtelRenderMiddleware):
+            return app
+        worker_class = str(getattr(application.cfg, "worker_class_str", "") or "")
+        if is_asgi(worker_class, app):
+            _logger.warning(
+                "otel-render: gunicorn serves an ASGI app (worker %s); otel-render instruments WSGI, so its "
+                "requests are not instrumented",
+                worker_class,
+            )
+            return app
+        wrapped_app = wsgi.wrap(app)
+        if getattr(application, "callable", None) is app:
+            application.callable = wrapped_app  # later calls to wsgi() return the same wrapper
+        logs.on_app_ready()
+        return wrapped_app
+    except Exception:  # pylint: disable=broad-except
+        _logger.warning("otel-render: could not instrument the app gunicorn loaded", exc_info=True)
+        return app
+
+
+def _logger_setup(wrapped: Callable[..., Any], glogger: Any, args: tuple, kwargs: dict) -> Any:
+    result = wrapped(*args, **kwargs)
+    if _AppHook.active:
+        from otel_render import logs  # pylint: disable=import-outside-toplevel
+
+        logs.format_gunicorn_loggers(glogger.error_log, glogger.access_log)
+    return result
+
+
+def _access(wrapped: Callable[..., Any], glogger: Any, args: tuple, kwargs: dict) -> Any:
+    """gunicorn writes the access line after the app returned: put the
+    request's trace context back for it, so the line carries its ids."""
+    if not glogger.access_log.handlers or len(args) < 3:
+        return wrapped(*args, **kwargs)
+    from otel_render.web import wsgi  # pylint: disable=import-outside-toplevel
+
+    request = args[2].get(wsgi.ENVIRON_KEY) if isinstance(args[2], dict) else None
+    if request is None:
+        return wrapped(*args, **kwargs)
+    from opentelemetry import context  # pylint: disable=import-outside-toplevel
+
+    from otel_render import request_context  # pylint: disable=import-outside-toplevel
+
+    token = context.attach(request.context)
+    work_token = request_context.begin(request.work)
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        request_context.end(work_token)
+        context.detach(token)
+
+
+def _patch_app_base(module: Any) -> None:
+    if _AppHook.active and "app" not in _AppHook.patched:
+        _AppHook.patched.add("app")
+        wrapt.wrap_function_wrapper(module, "BaseApplication.wsgi", _wsgi)
+
+
+def _patch_glogging(module: Any) -> None:
+    if _AppHook.active and "glogging" not in _AppHook.patched:
+        _AppHook.patched.add("glogging")
+        wrapt.wrap_function_wrapper(module, "Logger.setup", _logger_setup)
+        wrapt.wrap_function_wrapper(module, "Logger.access", _access)
+
+
+class GunicornInstrumentor(RenderInstrumentor):
+    """Puts every WSGI app gunicorn loads behind otel-render's middleware.
+
+    Usage: nothing with ``opentelemetry-instrument gunicorn app:app`` (entry
+    point ``gunicorn``). The hook is ``BaseApplication.wsgi()``, the one place
+    gunicorn loads the app: in the master with ``--preload``, in each worker
+    without. So Falcon, Bottle, Pyramid or a bare WSGI callable get the server
+    span; Flask and Django apps get their route templates from their own hooks.
+    ASGI apps (uvicorn workers, gunicorn's ``asgi`` worker) are left alone.
+    gunicorn's error and access logs get ``OTEL_RENDER_LOG_FORMAT`` too.
+    """
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ("gunicorn >= 21",)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        _AppHook.active = True
+        wrapt.register_post_import_hook(_patch_app_base, "gunicorn.app.base")
+        wrapt.register_post_import_hook(_patch_glogging, "gunicorn.glogging")
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        _AppHook.active = False
+        if "app" in _AppHook.patched:
+            from gunicorn.app import base  # pylint: disable=import-outside-toplevel
+
+            unwrap(base.BaseApplication, "wsgi")
+        if "glogging" in _AppHook.patched:
+            from gunicorn import glogging  # pylint: disable=import-outside-toplevel
+
+            unwrap(glogging.Logger, "setup")
+            unwrap(glogging.Logger, "access")
+        _AppHook.patched = set()
