@@ -13,7 +13,8 @@ For a WSGI app that neither gunicorn, Flask nor Django hands to us::
 
     app = otel_render.wrap_wsgi(app)
 
-Public API: :func:`configure`, :func:`wrap_wsgi` and ``__version__``. Everything is configured by
+Public API: :func:`configure`, :func:`wrap_wsgi`, :func:`on_memory_pressure` (register a
+cache clear for when the instance runs short of memory) and ``__version__``. Everything is configured by
 environment variables (``docs/configuration.md``); ``OTEL_SDK_DISABLED=true``
 turns the whole package off.
 """
@@ -27,9 +28,10 @@ from typing import Any
 from opentelemetry.util._importlib_metadata import entry_points
 
 from otel_render.distro import configure_sdk
+from otel_render.recovery.memory import on_memory_pressure
 from otel_render.version import __version__
 
-__all__ = ["configure", "wrap_wsgi", "__version__"]
+__all__ = ["configure", "on_memory_pressure", "wrap_wsgi", "__version__"]
 
 _logger = logging.getLogger("otel_render")
 _instrument_lock = threading.Lock()

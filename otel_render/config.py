@@ -253,6 +253,16 @@ class Settings:
         "512",
         section=_PLATFORM,
     )
+    memory_source: str = _var(
+        "OTEL_RENDER_MEMORY_SOURCE",
+        choice("auto", "cgroup", "processes"),
+        "auto",
+        "Where the instance's memory in use is read: `cgroup` (the container's usage without inactive "
+        "file cache), `processes` (the app's process tree by PSS, shared pages counted once), or `auto`: "
+        "the cgroup on Render and wherever the cgroup has a memory limit, else the process tree.",
+        "cgroup",
+        section=_PLATFORM,
+    )
     instance_dir: str = _var(
         "OTEL_RENDER_INSTANCE_DIR",
         TEXT,
@@ -636,7 +646,77 @@ class Settings:
         section=_ENDPOINTS,
     )
 
-    # --- Recovery (issue: recovery) ------------------------------------------
+    # --- Recovery ------------------------------------------------------------
+    recovery: str = _var(
+        "OTEL_RENDER_RECOVERY",
+        choice("on", "dry-run", "off"),
+        "on",
+        "The recovery manager: `on` acts, `dry-run` records what it would do (action log, counter, "
+        "log line) without doing it, `off` evaluates nothing.",
+        "dry-run",
+        section=_RECOVERY,
+    )
+    recovery_interval_s: float = _var(
+        "OTEL_RENDER_RECOVERY_INTERVAL_S",
+        number(float, 0.5, 300, "seconds"),
+        5.0,
+        "How often each process evaluates the recovery rules over its latest meter values.",
+        "5",
+        section=_RECOVERY,
+    )
+    recovery_disabled_actions: tuple[str, ...] = _var(
+        "OTEL_RENDER_RECOVERY_DISABLED_ACTIONS",
+        NAMES,
+        (),
+        "Built-in actions to switch off: `relieve_memory` (gc.collect, malloc_trim, the app's "
+        "on_memory_pressure callbacks), `recycle_worker`, `pause_schedulers`, `probe_database`, "
+        "`restart_schedulers`.",
+        "recycle_worker,pause_schedulers",
+        section=_RECOVERY,
+    )
+    recovery_cooldown_s: float = _var(
+        "OTEL_RENDER_RECOVERY_COOLDOWN_S",
+        number(float, 0, 86400, "seconds"),
+        60.0,
+        "Quiet time after a memory rule fired before it may fire again; a rule still past its threshold "
+        "after 3 firings escalates instead of firing again.",
+        "60",
+        section=_RECOVERY,
+    )
+    recovery_recycle_cooldown_s: float = _var(
+        "OTEL_RENDER_RECOVERY_RECYCLE_COOLDOWN_S",
+        number(float, 0, 86400, "seconds"),
+        300.0,
+        "At most one worker of the instance is recycled for memory within this window.",
+        "300",
+        section=_RECOVERY,
+    )
+    recovery_leak_kib_s: float = _var(
+        "OTEL_RENDER_RECOVERY_LEAK_KIB_S",
+        number(float, 0.1, 1024 * 1024, "KiB per second"),
+        50.0,
+        "A worker whose own memory (USS) grows faster than this, steadily over the leak window, is "
+        "suspected of leaking (50 KiB/s is 176 MiB an hour).",
+        "50",
+        section=_RECOVERY,
+    )
+    recovery_leak_window_s: float = _var(
+        "OTEL_RENDER_RECOVERY_LEAK_WINDOW_S",
+        number(float, 10, 86400, "seconds"),
+        600.0,
+        "How long the growth must be sustained before a leak is suspected.",
+        "600",
+        section=_RECOVERY,
+    )
+    gc_freeze: bool = _var(
+        "OTEL_RENDER_GC_FREEZE",
+        BOOL,
+        True,
+        "Under gunicorn, call gc.freeze() in the master before it forks each worker, so that garbage "
+        "collections in the workers never touch (and un-share) the objects the --preload master built.",
+        "false",
+        section=_RECOVERY,
+    )
 
     # --- Not parsed: the raw environment ---------------------------------------
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)

@@ -38,7 +38,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.util._importlib_metadata import EntryPoint, entry_points
 
-from otel_render import diagnostics, endpoints, lifecycle, scrub, scrub_export
+from otel_render import diagnostics, endpoints, lifecycle, recovery, scrub, scrub_export
 from otel_render.backends import PROTOCOL_GRPC, ExportPlan, SignalPlan, plan_export
 from otel_render.config import Settings, get_settings, sdk_self_metrics
 from otel_render.correlation import CorrelationIdGenerator, sampler_for
@@ -178,6 +178,7 @@ def _build(settings: Settings, auto_instrumentation_version: str | None) -> Pipe
     lifecycle.on_fork_child(lambda: apply_process_identity(pipeline))
     gunicorn.on_master_start(lambda: apply_process_identity(pipeline))
     endpoints.install(pipeline)  # runtime meters, instance monitor, /health and /api/*
+    recovery.install(pipeline)  # rules over the meters that act on memory, database and scheduler trouble
     gunicorn.install()
     lifecycle.install(settings.shutdown_timeout_s)
     _logger.info(

@@ -78,8 +78,11 @@ def worst(statuses: Iterable[str]) -> str:
 
 
 Check = Callable[[float], HealthCheckResult]
+#: A finding about a component from outside its own check (None: nothing to add).
+Finding = Callable[[float], "HealthCheckResult | None"]
 
 _checks: dict[str, Check] = {}
+_findings: dict[str, dict[str, Finding]] = {}
 _lock = threading.Lock()
 
 
@@ -94,9 +97,48 @@ def unregister_check(name: str) -> None:
         _checks.pop(name, None)
 
 
-def registered_checks() -> dict[str, Check]:
+def add_finding(component: str, source: str, finding: Finding) -> None:
+    """Let ``source`` add to ``component``'s check: a recovery rule that
+    suspects a leak or gave up makes ``memory`` degraded or unhealthy without
+    replacing the check that measures memory. The component's result is the
+    worst status of its check and its findings, with their outputs joined."""
     with _lock:
-        return dict(_checks)
+        _findings.setdefault(component, {})[source] = finding
+
+
+def with_findings(check: Check, findings: Mapping[str, Finding]) -> Check:
+    """``check`` followed by ``findings`` (a finding that raises is skipped)."""
+
+    def combined(now: float) -> HealthCheckResult:
+        result = check(now)
+        extra = []
+        for finding in findings.values():
+            try:
+                found = finding(now)
+            except Exception:  # pylint: disable=broad-except
+                continue
+            if found is not None:
+                extra.append(found)
+        if not extra:
+            return result
+        outputs = [result.output, *(found.output for found in extra)]
+        return HealthCheckResult(
+            worst([result.status, *(found.status for found in extra)]),
+            result.observedValue,
+            result.observedUnit,
+            result.time,
+            "; ".join(output for output in outputs if output),
+        )
+
+    return combined
+
+
+def registered_checks() -> dict[str, Check]:
+    """Every component's check, with the findings others added to it."""
+    with _lock:
+        checks = dict(_checks)
+        findings = {name: dict(items) for name, items in _findings.items() if items}
+    return {name: with_findings(check, findings[name]) if name in findings else check for name, check in checks.items()}
 
 
 def reset_after_fork() -> None:

@@ -311,6 +311,55 @@ def memory_limit(
     return MemoryLimit(RENDER_DEFAULT_MEMORY_MB * MIB, "assumed")
 
 
+MEMORY_SOURCE_CGROUP = "cgroup"
+MEMORY_SOURCE_PROCESSES = "processes"
+
+
+def memory_source(environ: Mapping[str, str], setting: str = "auto", fs: HostFS = HostFS()) -> str:
+    """Where the instance's memory in use is read: ``cgroup`` or ``processes``.
+
+    ``auto``: the cgroup on Render and wherever the cgroup carries a memory
+    limit (a container: the cgroup *is* the instance); otherwise (a laptop,
+    a VM, a shared CI cgroup) the cgroup holds unrelated processes too, so the
+    instance is the app's own process tree, measured by PSS (each shared page
+    counted once, split among the processes that share it).
+    """
+    if setting in (MEMORY_SOURCE_CGROUP, MEMORY_SOURCE_PROCESSES):
+        return setting
+    if detect_platform(environ) == PLATFORM_RENDER:
+        return MEMORY_SOURCE_CGROUP
+    cgroup = find_memory_cgroup(fs)
+    if cgroup is not None:
+        limit = cgroup_memory_limit(fs, cgroup)
+        physical = physical_memory(fs)
+        if limit is not None and (physical is None or limit < physical):
+            return MEMORY_SOURCE_CGROUP
+    return MEMORY_SOURCE_PROCESSES
+
+
+def process_tree_memory(root_pid: int) -> int | None:
+    """PSS summed over ``root_pid`` and its descendants (None if it is gone).
+
+    Reads ``/proc/<pid>/smaps_rollup`` per process: a background-loop cost,
+    never a request-path one.
+    """
+    import psutil  # pylint: disable=import-outside-toplevel
+
+    try:
+        root = psutil.Process(root_pid)
+        processes = [root, *root.children(recursive=True)]
+    except (psutil.Error, OSError):
+        return None
+    total = 0
+    for process in processes:
+        try:
+            info = process.memory_full_info()
+            total += getattr(info, "pss", info.uss)
+        except (psutil.Error, OSError, AttributeError):
+            continue
+    return total
+
+
 def instance_memory_in_use(fs: HostFS = HostFS()) -> int | None:
     """The instance's memory in use (cgroup, without inactive file cache), or None."""
     cgroup = find_memory_cgroup(fs)

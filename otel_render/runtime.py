@@ -39,7 +39,17 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
 from otel_render import diagnostics
 from otel_render.config import Settings
-from otel_render.platform import MIB, HostFS, MemoryLimit, instance_memory_in_use, memory_limit
+from otel_render import instance
+from otel_render.platform import (
+    MEMORY_SOURCE_CGROUP,
+    MIB,
+    HostFS,
+    MemoryLimit,
+    instance_memory_in_use,
+    memory_limit,
+    memory_source,
+    process_tree_memory,
+)
 from otel_render.version import __version__
 
 _logger = logging.getLogger("otel_render.runtime")
@@ -68,6 +78,13 @@ class RuntimeMeters:
         self._process_pid = 0
         self._gc_baseline: list[dict[str, int]] = []
         self._readings = _Readings()
+        self.source = memory_source(settings.environ, settings.memory_source, self.fs)
+
+    def instance_usage(self) -> int | None:
+        """The instance's memory in use, from the cgroup or the app's process tree."""
+        if self.source == MEMORY_SOURCE_CGROUP:
+            return instance_memory_in_use(self.fs)
+        return process_tree_memory(instance.owner_pid())
 
     # -- what is read ------------------------------------------------------------
 
@@ -146,7 +163,7 @@ class RuntimeMeters:
         ]
 
     def observe_instance_usage(self, _options: CallbackOptions) -> Iterable[Observation]:
-        usage = instance_memory_in_use(self.fs)
+        usage = self.instance_usage()
         self._readings.instance_usage = usage
         return [] if usage is None else [Observation(usage)]
 
@@ -156,7 +173,7 @@ class RuntimeMeters:
     def observe_instance_utilization(self, _options: CallbackOptions) -> Iterable[Observation]:
         usage = self._readings.instance_usage
         if usage is None:
-            usage = instance_memory_in_use(self.fs)
+            usage = self.instance_usage()
         limit = self.limit().bytes
         return [] if usage is None or limit <= 0 else [Observation(usage / limit)]
 
@@ -184,6 +201,7 @@ class RuntimeMeters:
                 uss_total=None,
                 gc_count=readings.gc_collections,
                 fallback_usage=rss,
+                source=self.source,
             )
             | {"rss": rss, "uss": readings.uss, "pid": os.getpid()}
         }
@@ -196,12 +214,14 @@ def memory_metrics(
     uss_total: int | None,
     gc_count: int,
     fallback_usage: int | None = None,
+    source: str | None = None,
 ) -> dict[str, Any]:
     """The seed's ``MemoryMetrics`` in Python terms (see ``docs/endpoints.md``).
 
     - ``heapUsed``: the instance's memory in use (cgroup usage without inactive
-      file cache), the number the limit applies to; without a cgroup, the
-      ``fallback_usage`` (RSS summed over the instance's processes);
+      file cache, or the app's process tree by PSS: ``OTEL_RENDER_MEMORY_SOURCE``),
+      the number the limit applies to; failing both, the ``fallback_usage``
+      (RSS summed over the instance's processes);
     - ``heapTotal``: the instance's memory limit;
     - ``external``: what of ``heapUsed`` is not unique to any Python process
       (``heapUsed`` minus their summed USS): pages shared with the
@@ -218,7 +238,7 @@ def memory_metrics(
         "external": external,
         "usagePercent": percent,
         "gcCount": gc_count,
-        "source": "cgroup" if instance_usage is not None else "process rss (no memory cgroup)",
+        "source": (source or "cgroup") if instance_usage is not None else "process rss (no instance measurement)",
     }
 
 

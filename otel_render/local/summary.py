@@ -30,6 +30,7 @@ from otel_render.local.snapshot import (
     InstanceMetrics,
     Point,
 )
+from otel_render import runtime
 from otel_render.runtime import memory_metrics
 
 HTTP_DURATION = "http.server.request.duration"
@@ -399,6 +400,11 @@ def _gauge(view: InstanceMetrics, metric: str) -> float | None:
     return points[0].value if points else None
 
 
+def _memory_source() -> str | None:
+    meters = runtime.current()
+    return meters.source if meters is not None else None
+
+
 def memory_usage(view: InstanceMetrics) -> dict[str, Any]:
     """The seed's ``MemoryMetrics`` for the instance (mapping in ``docs/endpoints.md``)."""
     usage = _gauge(view, "otel_render.instance.memory.usage")
@@ -412,6 +418,7 @@ def memory_usage(view: InstanceMetrics) -> dict[str, Any]:
         uss_total=int(sum(uss)) if uss else None,
         gc_count=int(gc_count),
         fallback_usage=int(sum(rss)) if rss else None,
+        source=_memory_source(),
     )
     metrics["rss"] = int(sum(rss)) if rss else None
     metrics["uss"] = int(sum(uss)) if uss else None

@@ -9,7 +9,8 @@ rule fires again, up to ``escalate_after`` times in a row, and then
 *escalates* instead of looping: it stops acting and reports itself escalated
 (the health model turns that into a failed check) until the signal clears.
 When the signal clears after a firing, the rule *recovers* and, if it has one,
-runs its recover action (for example, resume what it paused).
+runs its recover action (for example, resume what it paused; pauses have
+owners, see :func:`otel_render.scheduler.pause_all`).
 
 Nothing here reads a meter, a clock or a file: :meth:`RuleEngine.evaluate` is
 fed values and ``now``, which is what the tests do.
@@ -178,39 +179,6 @@ class ActionBudget:
             return False
         self._taken.append(now)
         return True
-
-
-class PauseLedger:
-    """Who paused what: a target resumes only when every owner that paused it
-    has released it, so one rule never resumes what another paused."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._owners: dict[str, set[str]] = {}
-
-    def pause(self, owner: str, target: str) -> bool:
-        """Record ``owner``'s pause; True when ``target`` was running (the caller pauses it)."""
-        with self._lock:
-            owners = self._owners.setdefault(target, set())
-            newly_paused = not owners
-            owners.add(owner)
-            return newly_paused
-
-    def release(self, owner: str) -> list[str]:
-        """Drop ``owner``'s pauses; the targets nobody holds any more (the caller resumes them)."""
-        with self._lock:
-            freed = []
-            for target, owners in list(self._owners.items()):
-                if owner in owners:
-                    owners.discard(owner)
-                    if not owners:
-                        del self._owners[target]
-                        freed.append(target)
-            return sorted(freed)
-
-    def holders(self, target: str) -> set[str]:
-        with self._lock:
-            return set(self._owners.get(target, ()))
 
 
 def least_squares_slope(samples: Iterable[tuple[float, float]]) -> float | None:

@@ -1,5 +1,5 @@
 """The rules engine with injected values and clock: thresholds, durations,
-cooldowns, escalation, recovery, the action budget and pause ownership."""
+cooldowns, escalation, recovery and the action budget."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from otel_render.recovery.rules import (
     RECOVER,
     ActionBudget,
     LeakDetector,
-    PauseLedger,
     Rule,
     RuleEngine,
     least_squares_slope,
@@ -96,17 +95,6 @@ def test_action_budget_limits_a_storm_over_a_sliding_window():
     assert [budget.try_take(t) for t in (0, 1, 2, 3)] == [True, True, True, False]
     assert budget.try_take(60) is True  # the first one left the window
     assert budget.try_take(60.5) is False
-
-
-def test_pause_ledger_resumes_only_what_every_owner_released():
-    ledger = PauseLedger()
-    assert ledger.pause("memory_critical", "scheduler:default") is True  # caller pauses it
-    assert ledger.pause("database_down", "scheduler:default") is False  # already paused
-    assert ledger.pause("database_down", "scheduler:reports") is True
-    assert ledger.release("database_down") == ["scheduler:reports"]  # default is still held
-    assert ledger.holders("scheduler:default") == {"memory_critical"}
-    assert ledger.release("database_down") == []
-    assert ledger.release("memory_critical") == ["scheduler:default"]
 
 
 def test_least_squares_slope():
