@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from otel_render import health, lifecycle, runtime
+from otel_render import health, lifecycle, recovery, runtime
 from otel_render.config import Settings
 from otel_render.diagnostics import utc_now_iso
 from otel_render.local import summary
@@ -511,6 +511,7 @@ class LocalEndpoints:
             "errors": rings.get("errors", []),
             "stalls": rings.get("stalls", []),
             "actions": rings.get("actions", []),
+            "recovery": recovery.summary(recovery.current()),
             "schedulers": {
                 **summary.schedulers(view),
                 "check": status.checks.get("schedulers", health.not_checked("schedulers", self._clock())).to_dict(),

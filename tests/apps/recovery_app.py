@@ -1,22 +1,18 @@
 """A WSGI app whose ``/hog?mb=N`` makes the serving worker hold N MiB (touched,
-so it is resident), for the recovery tests. Every answer names the worker."""
+so it is resident), for the recovery tests. Every answer names the worker.
+Under ``opentelemetry-instrument gunicorn`` otel-render's middleware serves
+``/health`` and ``/api/*`` in front of it."""
 
 import json
 import os
 from urllib.parse import parse_qs
-
-from otel_render.web import local_routes
 
 MIB = 2**20
 held = []
 
 
 def app(environ, start_response):
-    path = environ.get("PATH_INFO", "")
-    local = local_routes.match(path)  # stands in for the WSGI middleware
-    if local is not None:
-        return local(environ, start_response)
-    if path == "/hog":
+    if environ.get("PATH_INFO") == "/hog":
         megabytes = int(parse_qs(environ.get("QUERY_STRING", "")).get("mb", ["100"])[0])
         held.append(bytearray(b"\x01") * (megabytes * MIB))
     body = json.dumps({"pid": os.getpid(), "held_mib": sum(len(block) for block in held) // MIB}).encode()

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.endpoint_schemas import validate
 from support.processes import AppProcess, free_port, gunicorn_command, http_request
 
 pytestmark = pytest.mark.integration
@@ -93,6 +94,9 @@ def test_a_worker_past_critical_memory_is_recycled_without_failing_a_request(otl
         assert client.sent > 20
 
         diagnostics = http_request(base + "/api/diagnostics").json()
+        validate("/api/diagnostics", diagnostics)
+        rules = {rule["name"]: rule for rule in diagnostics["recovery"]["rules"]}
+        assert set(rules) >= {"memory_high", "memory_critical", "leak_suspected", "database_down", "scheduler_unhealthy"}
         actions = [a for a in diagnostics["actions"] if a["rule"] == "memory_critical" and a["action"] == "emergency"]
         assert len(actions) == 1, diagnostics["actions"]
         assert actions[0]["outcome"] == "done"
