@@ -27,6 +27,7 @@ import inspect
 import itertools
 import logging
 import os
+import signal
 import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -50,6 +51,8 @@ class _ArbiterState:
     pending_slot: int | None = None
     worker_timeout_s: float | None = None
     installed: bool = False
+    # The signal mask to restore in a new worker once it has its own handlers.
+    boot_sigmask: set[signal.Signals] | None = None
 
 
 _state = _ArbiterState()
@@ -111,19 +114,57 @@ def _start(wrapped: Callable[..., Any], arbiter: Any, args: tuple, kwargs: dict)
     return wrapped(*args, **kwargs)
 
 
+#: Signals the master sends its workers to stop them. Between ``fork`` and the
+#: worker's own ``init_signals`` the child still runs the master's handler,
+#: which only queues a signal for the master's loop: one sent in that window
+#: was lost, and the master waited its whole graceful timeout. Every
+#: after-fork hook (the SDK's, ours, the app's) widens the window, so the
+#: master blocks these signals across the fork; the child keeps them pending
+#: and receives them once its handlers are in place.
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
+
+
 def _spawn_worker(wrapped: Callable[..., Any], arbiter: Any, args: tuple, kwargs: dict) -> Any:
     if _state.master_pid is None:
         _state.master_pid = os.getpid()
     taken = {getattr(worker, "otel_render_slot", None) for worker in arbiter.WORKERS.values()}
     slot = next(number for number in itertools.count() if number not in taken)
     _state.pending_slot = slot
-    # In the child this call only returns by raising SystemExit; in the
-    # master it returns the child's pid.
-    pid = wrapped(*args, **kwargs)
+    _hook_worker_signals(getattr(arbiter, "worker_class", None))
+    _state.boot_sigmask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        # In the child this call only returns by raising SystemExit; in the
+        # master it returns the child's pid.
+        pid = wrapped(*args, **kwargs)
+    finally:
+        if os.getpid() == _state.master_pid and _state.boot_sigmask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, _state.boot_sigmask)
     worker = arbiter.WORKERS.get(pid)
     if worker is not None:
         worker.otel_render_slot = slot
     return pid
+
+
+def _hook_worker_signals(worker_class: Any) -> None:
+    """Wrap ``init_signals`` of the base worker and of ``worker_class`` (which
+    may define its own without calling the base's, like the ASGI worker)."""
+    from gunicorn.workers.base import Worker  # pylint: disable=import-outside-toplevel
+
+    for owner in {Worker, *([worker_class] if isinstance(worker_class, type) else [])}:
+        if "init_signals" in vars(owner) and not getattr(vars(owner)["init_signals"], "_otel_render_hooked", False):
+            wrapper = wrapt.FunctionWrapper(vars(owner)["init_signals"], _init_signals)
+            wrapper._otel_render_hooked = True  # pylint: disable=protected-access
+            setattr(owner, "init_signals", wrapper)
+
+
+def _init_signals(wrapped: Callable[..., Any], _worker: Any, args: tuple, kwargs: dict) -> Any:
+    """The worker's handlers are in place: let the held-back signals through."""
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        mask, _state.boot_sigmask = _state.boot_sigmask, None
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def worker_timeout_s() -> float | None:
