@@ -139,7 +139,7 @@ def _build(settings: Settings, auto_instrumentation_version: str | None) -> Pipe
         pipeline.local_reader = LocalMetricReader(cardinality_limits=limits)
         readers: list[MetricReader] = [pipeline.local_reader]
         readers += [
-            PeriodicExportingMetricReader(exporter, cardinality_limits=limits)
+            ForkSafePeriodicExportingMetricReader(exporter, cardinality_limits=limits)
             for exporter in _exporters(plan.signals["metrics"])
         ]
         pipeline.meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
@@ -264,6 +264,38 @@ _EXPORTER_GROUPS = {
 }
 
 
+class ForkSafePeriodicExportingMetricReader(PeriodicExportingMetricReader):
+    """The SDK's periodic reader, with its export lock re-created in a forked child.
+
+    The SDK restarts the reader's thread after fork but keeps its export lock:
+    if the parent's thread was exporting at that instant (a slow collector, a
+    short export interval), the child's copy of the lock stays held forever
+    and that worker never exports a metric again.
+    """
+
+    def _at_fork_reinit(self) -> None:
+        self._export_lock = threading.Lock()
+        super()._at_fork_reinit()
+
+
+def fork_safe_session() -> Any:
+    """A ``requests`` session for one OTLP/HTTP exporter whose connection pools
+    start empty in every forked child: otherwise a worker would reuse the
+    keep-alive socket its master (and every sibling) inherited, and their
+    requests would interleave on one connection."""
+    import requests  # pylint: disable=import-outside-toplevel
+    from requests.adapters import HTTPAdapter  # pylint: disable=import-outside-toplevel
+
+    session = requests.Session()
+
+    def fresh_pools() -> None:
+        for prefix in ("https://", "http://"):
+            session.mount(prefix, HTTPAdapter())
+
+    lifecycle.on_fork_child(fresh_pools)
+    return session
+
+
 def _exporters(plan: SignalPlan) -> list[Any]:
     """Instantiate the plan's exporters; one that cannot be built is logged and skipped."""
     built = []
@@ -312,6 +344,7 @@ def _otlp_exporter(plan: SignalPlan) -> Any:
 
     if plan.compression == "gzip":
         kwargs["compression"] = Compression.Gzip
+    kwargs["session"] = fork_safe_session()
     http_classes: dict[str, Callable[..., Any]] = {
         "traces": http_traces.OTLPSpanExporter,
         "metrics": http_metrics.OTLPMetricExporter,

@@ -223,3 +223,92 @@ def test_distro_skips_superseded_contrib_instrumentors(monkeypatch):
     instance.load_instrumentor(EntryPoint("flask", "otel_render.web.flask:FlaskInstrumentor"))
     instance.load_instrumentor(EntryPoint("requests", "opentelemetry.instrumentation.requests:RequestsInstrumentor"))
     assert loaded == ["otel_render.web.flask:FlaskInstrumentor", "opentelemetry.instrumentation.requests:RequestsInstrumentor"]
+
+
+# --- fork safety of what the pipeline builds -------------------------------------
+
+
+def _in_child(check) -> bytes:
+    """Fork; run ``check()`` in the child (bytes, within 10 s); return what it wrote."""
+    import select
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            os.write(write_end, check())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    ready, _, _ = select.select([read_end], [], [], 20)
+    answer = os.read(read_end, 64) if ready else b"timeout"
+    os.close(read_end)
+    if answer == b"timeout":
+        os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return answer
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_child_forked_while_the_parent_exports_metrics_can_still_export():
+    import threading
+
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
+
+    parent = os.getpid()
+    exporting, release = threading.Event(), threading.Event()
+    exported_in_child = threading.Event()
+
+    class HeldExporter(MetricExporter):
+        def export(self, metrics_data, timeout_millis=10_000, **kwargs):
+            if os.getpid() == parent:
+                exporting.set()
+                release.wait(30)  # the parent's export is in flight when we fork
+            else:
+                exported_in_child.set()
+            return MetricExportResult.SUCCESS
+
+        def force_flush(self, timeout_millis=10_000):
+            return True
+
+        def shutdown(self, timeout_millis=30_000, **kwargs):
+            pass
+
+    reader = distro.ForkSafePeriodicExportingMetricReader(HeldExporter(), export_interval_millis=3_600_000)
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    provider.get_meter("t").create_counter("c").add(1)
+    collecting = threading.Thread(target=reader.collect, daemon=True)
+    collecting.start()
+    try:
+        assert exporting.wait(10)
+
+        def child_exports() -> bytes:
+            worker = threading.Thread(target=reader.collect, daemon=True)
+            worker.start()
+            return b"1" if exported_in_child.wait(5) else b"0"
+
+        assert _in_child(child_exports) == b"1"
+    finally:
+        release.set()
+        collecting.join(10)
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_never_reuses_the_parents_exporter_connection(otlp_receiver, monkeypatch):
+    from otel_render import lifecycle
+
+    monkeypatch.setattr(lifecycle, "_registry", lifecycle._Registry())
+    lifecycle.install(1.0, handle_sigterm=False)
+    session = distro.fork_safe_session()
+    url = otlp_receiver.signal_endpoint("traces")
+    assert session.post(url, data=b"", headers={"content-type": "application/x-protobuf"}).status_code == 200
+    inherited = session.get_adapter(url)
+    assert len(inherited.poolmanager.pools) == 1  # a keep-alive connection is pooled
+
+    def child_pools() -> bytes:
+        adapter = session.get_adapter(url)
+        return b"1" if adapter is not inherited and len(adapter.poolmanager.pools) == 0 else b"0"
+
+    assert _in_child(child_pools) == b"1"
+    assert session.get_adapter(url) is inherited  # the parent keeps its connection
