@@ -104,7 +104,8 @@ class EngineState:
     restore: list[tuple[Any, str, Any]] = field(default_factory=list)
     pool_listeners: list[tuple[Any, str, Callable[..., Any]]] = field(default_factory=list)
     statements: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
-    used: int = 0
+    used: int = 0  # checked out, as the pool events counted them
+    pending: int = 0  # checkouts waiting for a connection
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def statement(self, statement: str, query_text: bool) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -158,7 +159,7 @@ def database_connections(name: str) -> db_status.ConnectionCounts:
     for state in states():
         engine = state.engine()
         if engine is not None and state.database.name == name and state.current_pool is not None:
-            counts.append(pool_counts(engine.pool, counted_used=state.used))
+            counts.append(pool_counts(engine.pool, counted_used=state.used, pending=state.pending))
     return add_counts(counts)
 
 
@@ -427,21 +428,22 @@ class Hooks:
             decision = state.database.breaker.allow()
             if not decision.allowed:
                 raise DatabaseUnavailableError(self._unavailable_message(state, decision.retry_in_s))
-        attributes = state.pool_attributes
-        self.instruments.pending_requests.add(1, attributes)
+        # Counted here, observed when the readers collect (db.client.connection.pending_requests).
+        with state.lock:
+            state.pending += 1
         started = time.perf_counter()
         previous_trial = getattr(_local, "trial", False)
         _local.trial = decision.trial
         try:
             connection = wrapped(*args, **kwargs)
         except BaseException as error:
-            self.instruments.pending_requests.add(-1, attributes)
             self._checkout_failed(state, error, decision.trial, probing)
             raise
         finally:
             _local.trial = previous_trial
-        self.instruments.pending_requests.add(-1, attributes)
-        self.instruments.wait_time.record(time.perf_counter() - started, attributes)
+            with state.lock:
+                state.pending -= 1
+        self.instruments.wait_time.record(time.perf_counter() - started, state.pool_attributes)
         if decision.trial:
             self._database_answered(state)
         return connection
@@ -677,6 +679,7 @@ class Hooks:
         for state in states():
             state.lock = threading.Lock()
             state.used = 0
+            state.pending = 0
             state.deadlines = self.deadlines()
             engine = state.engine()
             if engine is None or not self.settings.db_fork_safety:

@@ -3,6 +3,7 @@ the deadline, and a real uninstrument."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -53,6 +54,34 @@ def test_statements_count_against_the_current_request(instrument):
         request_context.end(token)
     assert record.db_queries == 3
     assert 0 < record.db_time_s < 5
+
+
+def test_a_checkout_waiting_for_a_connection_counts_as_a_pending_request(instrument, tmp_path):
+    telemetry = instrument()
+    path = tmp_path / "pending.db"
+    engine = sqlalchemy.create_engine(
+        f"sqlite:///{path}", poolclass=sqlalchemy.pool.QueuePool, pool_size=1, max_overflow=0, pool_timeout=30
+    )
+    pool = {"db.client.connection.pool.name": f"sqlite:///{path}"}
+
+    def pending() -> int:
+        return telemetry.value("db.client.connection.pending_requests", **pool)
+
+    holder = engine.connect()
+    holder.exec_driver_sql("SELECT 1")
+    assert pending() == 0
+    waiter = threading.Thread(target=lambda: engine.connect().close())
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while pending() == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)  # bounded wait for the other thread to block on the full pool
+    assert pending() == 1
+    holder.close()
+    waiter.join(10)
+    assert not waiter.is_alive()
+    assert pending() == 0
+    assert telemetry.value("db.client.connection.wait_time", **pool) == 2
+    engine.dispose()
 
 
 def test_query_text_can_be_switched_off(instrument):
