@@ -108,6 +108,19 @@ def test_the_deadline_interrupts_a_runaway_sqlite_statement_without_calling_the_
         assert connection.exec_driver_sql("SELECT 1").scalar() == 1
 
 
+def test_statements_are_traced_without_putting_engines_on_the_event_path(instrument):
+    telemetry = instrument()
+    engine = sqlalchemy.create_engine("sqlite://")
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE items (id INTEGER PRIMARY KEY)")
+        connection.execute(sqlalchemy.text("INSERT INTO items (id) VALUES (:id)"), [{"id": 1}, {"id": 2}])
+        assert connection.exec_driver_sql("SELECT count(*) FROM items").scalar() == 2
+    # No before/after_cursor_execute listeners: SQLAlchemy keeps its fast path for every engine.
+    assert not engine._has_events and not Engine._has_events
+    assert [span.name for span in telemetry.spans()] == ["CREATE", "INSERT items", "SELECT items"]
+    assert telemetry.value("db.client.operation.duration", **{"db.operation.name": "INSERT"}) == 1
+
+
 def test_uninstrument_removes_every_hook(instrument):
     engine = sqlalchemy.create_engine("sqlite:///:memory:", poolclass=sqlalchemy.pool.QueuePool)
     original_create_engine, original_raw_connection = sqlalchemy.create_engine, Engine.__dict__["raw_connection"]
@@ -125,6 +138,8 @@ def test_uninstrument_removes_every_hook(instrument):
     assert Engine.__dict__["raw_connection"] is original_raw_connection
     assert sqlalchemy.create_engine is original_create_engine
     assert STATE_KEY not in engine.dialect.__dict__ and "do_ping" not in engine.dialect.__dict__
+    for method in ("do_execute", "do_executemany", "do_execute_no_params"):
+        assert method not in engine.dialect.__dict__
     assert engine.pool._pre_ping is False  # sqlite never got it anyway
     telemetry.exporter.clear()
     with engine.connect() as connection:
