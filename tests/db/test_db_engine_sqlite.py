@@ -115,8 +115,10 @@ def test_statements_are_traced_without_putting_engines_on_the_event_path(instrum
         connection.exec_driver_sql("CREATE TABLE items (id INTEGER PRIMARY KEY)")
         connection.execute(sqlalchemy.text("INSERT INTO items (id) VALUES (:id)"), [{"id": 1}, {"id": 2}])
         assert connection.exec_driver_sql("SELECT count(*) FROM items").scalar() == 2
-    # No before/after_cursor_execute listeners: SQLAlchemy keeps its fast path for every engine.
-    assert not engine._has_events and not Engine._has_events
+    # No before/after_cursor_execute listeners: SQLAlchemy 2 keeps its fast path for every engine
+    # (on 1.4, handle_error is still a connection event).
+    if not sqlalchemy.__version__.startswith("1."):
+        assert not engine._has_events and not Engine._has_events
     assert [span.name for span in telemetry.spans()] == ["CREATE", "INSERT items", "SELECT items"]
     assert telemetry.value("db.client.operation.duration", **{"db.operation.name": "INSERT"}) == 1
 
