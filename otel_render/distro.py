@@ -8,7 +8,9 @@ The pipeline, like the SDK's own configurator but with Render's defaults:
 - exporters from :mod:`otel_render.backends` (OTLP/HTTP by default, presets for
   Grafana Cloud and Honeycomb, nothing over the network when no backend is set);
 - a :class:`~otel_render.local.reader.LocalMetricReader` always beside the OTLP
-  reader, so the local endpoints read the numbers the backend gets;
+  reader, so the local endpoints read the numbers the backend gets (reading
+  the OTLP reader's own aggregations when they are the same kind, so that
+  each measurement is aggregated once);
 - providers that do not register their own unbounded ``atexit`` shutdown: the
   package flushes them all under one deadline (:mod:`otel_render.lifecycle`).
 
@@ -42,7 +44,7 @@ from otel_render import diagnostics, endpoints, lifecycle, recovery, scrub, scru
 from otel_render.backends import PROTOCOL_GRPC, ExportPlan, SignalPlan, plan_export
 from otel_render.config import Settings, get_settings, sdk_self_metrics
 from otel_render.correlation import CorrelationIdGenerator, sampler_for
-from otel_render.local.reader import LocalMetricReader
+from otel_render.local.reader import LocalMetricReader, can_read_through
 from otel_render.platform import render_resource_attributes, user_resource_keys, without_user_keys
 from otel_render.version import __version__
 from otel_render.web import gunicorn
@@ -136,13 +138,19 @@ def _build(settings: Settings, auto_instrumentation_version: str | None) -> Pipe
             meter_provider.add_metric_reader(pipeline.local_reader)
             pipeline.meter_provider = meter_provider
     else:
-        pipeline.local_reader = LocalMetricReader(cardinality_limits=limits)
-        readers: list[MetricReader] = [pipeline.local_reader]
-        readers += [
+        local_reader = pipeline.local_reader = LocalMetricReader(cardinality_limits=limits)
+        export_readers: list[MetricReader] = [
             ForkSafePeriodicExportingMetricReader(exporter, cardinality_limits=limits)
             for exporter in _exporters(plan.signals["metrics"])
         ]
+        # Each registered reader aggregates every measurement once more: when
+        # an export reader keeps the same points as the local one, the local
+        # reader reads its aggregations instead of registering its own.
+        shared = next((reader for reader in export_readers if can_read_through(local_reader, reader)), None)
+        readers = export_readers if shared is not None else [local_reader, *export_readers]
         pipeline.meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
+        if shared is not None:
+            local_reader.read_through(shared)
         metrics.set_meter_provider(pipeline.meter_provider)
 
         pipeline.tracer_provider = TracerProvider(

@@ -312,3 +312,39 @@ def test_a_forked_child_never_reuses_the_parents_exporter_connection(otlp_receiv
 
     assert _in_child(child_pools) == b"1"
     assert session.get_adapter(url) is inherited  # the parent keeps its connection
+
+
+@pytest.mark.parametrize(
+    "temporality, storages, reads_through",
+    [("", 1, True), ("delta", 2, False)],
+    ids=["cumulative-export-is-read-through", "delta-export-keeps-a-local-storage"],
+)
+def test_the_local_reader_reads_the_otlp_readers_aggregations_when_they_are_the_same(temporality, storages, reads_through):
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_METRICS_EXPORTER": "otlp"}
+    if temporality:
+        env["OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"] = temporality
+    result = run_python(
+        """
+        import json, otel_render
+        from opentelemetry import metrics
+        from otel_render.distro import current_pipeline
+        otel_render.configure()
+        pipeline = current_pipeline()
+        counter = metrics.get_meter("m").create_counter("demo.count")
+        counter.add(2)
+        first = pipeline.local_reader.refresh().find("demo.count").data.data_points[0].value
+        counter.add(3)
+        second = pipeline.local_reader.refresh().find("demo.count").data.data_points[0].value
+        print(json.dumps({
+            "storages": len(pipeline.meter_provider._measurement_consumer._reader_storages),
+            "source": type(pipeline.local_reader.source).__name__ if pipeline.local_reader.source else None,
+            "values": [first, second],
+        }))
+        """,
+        env,
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["storages"] == storages
+    assert out["source"] == ("ForkSafePeriodicExportingMetricReader" if reads_through else None)
+    assert out["values"] == [2, 5]  # cumulative either way

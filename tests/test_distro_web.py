@@ -32,12 +32,14 @@ def test_the_pipeline_has_our_id_generator_sampler_limits_and_scrubbing_exporter
         pipeline = current_pipeline()
         provider = pipeline.tracer_provider
         readers = list(pipeline.meter_provider._metric_readers)
+        local = pipeline.local_reader
         processors = provider._active_span_processor._span_processors
         print(json.dumps({
             "id_generator": type(provider.id_generator).__name__,
             "sampler": provider.sampler.get_description(),
-            "limits": sorted({min(r._instrument_class_cardinality_limit.values()) for r in readers}),
+            "limits": sorted({min(r._instrument_class_cardinality_limit.values()) for r in [*readers, local]}),
             "readers": len(readers),
+            "local_reads_the_otlp_reader": local.source is readers[0],
             "exporters": [type(p.span_exporter).__name__ for p in processors],
         }))
         """,
@@ -53,7 +55,8 @@ def test_the_pipeline_has_our_id_generator_sampler_limits_and_scrubbing_exporter
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["id_generator"] == "CorrelationIdGenerator"
     assert "WholeTraceIdRatioSampler{0.25}" in out["sampler"]
-    assert out["readers"] == 2 and out["limits"] == [123]  # the local reader and the OTLP one agree
+    # One registered reader (the OTLP one), which the local reader reads; both have the limit.
+    assert out["readers"] == 1 and out["local_reads_the_otlp_reader"] and out["limits"] == [123]
     assert out["exporters"] == ["ScrubbingSpanExporter"]
 
 

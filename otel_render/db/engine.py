@@ -2,15 +2,17 @@
 (circuit breaker, deadlines, pre-ping) and fork safety, for every engine.
 
 Every engine is covered, also those created before instrumentation, through
-class-level hooks: ``Engine`` events (``before_cursor_execute``,
-``after_cursor_execute``, ``handle_error``, ``do_connect``) and a wrapper
-around ``Engine.raw_connection``, the one door through which ``Engine.connect``,
-``Session`` and the ORM take a connection (1.4, 2.0 and 2.1 alike). An
-``AsyncEngine`` goes through its ``sync_engine``. The first time an engine
-takes a connection it is *adopted*: its :class:`EngineState` is attached to
-its dialect (the object that engine, its connections and its pools share),
-its pool gets listeners for the pool meters, and the defaults below are
-applied and logged once:
+class-level hooks: ``Engine`` events (``handle_error``, ``do_connect``) and a
+wrapper around ``Engine.raw_connection``, the one door through which
+``Engine.connect``, ``Session`` and the ORM take a connection (1.4, 2.0 and
+2.1 alike). An ``AsyncEngine`` goes through its ``sync_engine``. The first
+time an engine takes a connection it is *adopted*: its :class:`EngineState` is
+attached to its dialect (the object that engine, its connections and its
+pools share), the dialect's execute methods are wrapped for the statement
+spans (cheaper than ``before/after_cursor_execute`` listeners, which put
+every statement of every engine on SQLAlchemy's event path), its pool gets
+listeners for the pool meters, and the defaults below are applied and logged
+once:
 
 - ``pool_pre_ping`` unless the app passed ``pool_pre_ping`` itself;
 - the pool's checkout wait capped to the statement deadline (unless the app
@@ -62,6 +64,9 @@ MAX_CACHED_STATEMENTS = 1024
 #: ``db.system.name`` for SQLAlchemy dialect names that differ from it.
 DB_SYSTEMS = {"mssql": "microsoft.sql_server", "oracle": "oracle.db"}
 
+#: The dialect methods every statement goes through, and where their ``context`` argument is.
+_EXECUTE_METHODS = {"do_execute": 3, "do_executemany": 3, "do_execute_no_params": 2}
+
 _local = threading.local()
 """Per thread: ``trial`` (this checkout is the breaker's trial) and ``probe``."""
 
@@ -104,7 +109,8 @@ class EngineState:
     restore: list[tuple[Any, str, Any]] = field(default_factory=list)
     pool_listeners: list[tuple[Any, str, Callable[..., Any]]] = field(default_factory=list)
     statements: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
-    used: int = 0
+    used: int = 0  # checked out, as the pool events counted them
+    pending: int = 0  # checkouts waiting for a connection
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def statement(self, statement: str, query_text: bool) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -158,7 +164,7 @@ def database_connections(name: str) -> db_status.ConnectionCounts:
     for state in states():
         engine = state.engine()
         if engine is not None and state.database.name == name and state.current_pool is not None:
-            counts.append(pool_counts(engine.pool, counted_used=state.used))
+            counts.append(pool_counts(engine.pool, counted_used=state.used, pending=state.pending))
     return add_counts(counts)
 
 
@@ -200,9 +206,12 @@ class Hooks:
         self._patched: list[tuple[Any, str, Any]] = []
         self._logged_databases: set[str] = set()
         self._adopt_lock = threading.Lock()
+        # Statements are timed around the dialect's execute methods (see
+        # _trace_statements), not with Engine events: an Engine event listener
+        # sends every connection and statement through SQLAlchemy's slower
+        # event path. handle_error and do_connect are dialect events in
+        # SQLAlchemy 2 (handle_error runs only when a statement fails).
         self._engine_listeners: list[tuple[str, Callable[..., Any]]] = [
-            ("before_cursor_execute", self._before_cursor_execute),
-            ("after_cursor_execute", self._after_cursor_execute),
             ("handle_error", self._handle_error),
             ("do_connect", self._do_connect),
         ]
@@ -252,7 +261,8 @@ class Hooks:
         for target, attribute, value in reversed(state.restore):
             setattr(target, attribute, value)
         state.restore.clear()
-        state.dialect.__dict__.pop("do_ping", None)
+        for name in ("do_ping", *_EXECUTE_METHODS):
+            state.dialect.__dict__.pop(name, None)
         state.dialect.__dict__.pop(STATE_KEY, None)
         with _states_lock:
             _states.discard(state)
@@ -314,6 +324,7 @@ class Hooks:
             libpq_version=_libpq_version(dialect),
         )
         self._guard_ping(state)
+        self._trace_statements(state)
         dialect.__dict__[STATE_KEY] = state
         with _states_lock:
             _states.add(state)
@@ -427,21 +438,22 @@ class Hooks:
             decision = state.database.breaker.allow()
             if not decision.allowed:
                 raise DatabaseUnavailableError(self._unavailable_message(state, decision.retry_in_s))
-        attributes = state.pool_attributes
-        self.instruments.pending_requests.add(1, attributes)
+        # Counted here, observed when the readers collect (db.client.connection.pending_requests).
+        with state.lock:
+            state.pending += 1
         started = time.perf_counter()
         previous_trial = getattr(_local, "trial", False)
         _local.trial = decision.trial
         try:
             connection = wrapped(*args, **kwargs)
         except BaseException as error:
-            self.instruments.pending_requests.add(-1, attributes)
             self._checkout_failed(state, error, decision.trial, probing)
             raise
         finally:
             _local.trial = previous_trial
-        self.instruments.pending_requests.add(-1, attributes)
-        self.instruments.wait_time.record(time.perf_counter() - started, attributes)
+            with state.lock:
+                state.pending -= 1
+        self.instruments.wait_time.record(time.perf_counter() - started, state.pool_attributes)
         if decision.trial:
             self._database_answered(state)
         return connection
@@ -569,14 +581,38 @@ class Hooks:
 
     # -- statements --------------------------------------------------------
 
-    def _before_cursor_execute(
-        self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
-    ) -> None:
-        if context is None:
-            return
-        state = conn.dialect.__dict__.get(STATE_KEY) or self.adopt(conn.engine)
-        if state is None:
-            return
+    def _trace_statements(self, state: EngineState) -> None:
+        """Wrap the dialect's ``do_execute``, ``do_executemany`` and
+        ``do_execute_no_params`` (every statement SQLAlchemy runs goes through
+        one of them): a span, the query deadline and the duration meter around
+        the driver call. A failure is handled by ``handle_error``."""
+        dialect = state.dialect
+        for name, context_index in _EXECUTE_METHODS.items():
+            dialect.__dict__[name] = self._traced(state, getattr(dialect, name), context_index)
+
+    def _traced(self, state: EngineState, original: Callable[..., Any], context_index: int) -> Callable[..., Any]:
+        hooks = self
+
+        def traced(*args: Any, **kwargs: Any) -> Any:
+            context = kwargs.get("context") if len(args) <= context_index else args[context_index]
+            if context is None or not hooks.installed or _dialect_setup(context):
+                return original(*args, **kwargs)
+            try:
+                hooks._statement_started(state, args[0], args[1], context)
+            except Exception:  # pylint: disable=broad-except
+                _log_once("statement-start", "otel-render: could not trace a statement; it runs untraced", exc_info=True)
+                return original(*args, **kwargs)
+            result = original(*args, **kwargs)
+            try:
+                hooks._statement_finished(context)
+            except Exception:  # pylint: disable=broad-except
+                _log_once("statement-end", "otel-render: could not end a statement's span", exc_info=True)
+            return result
+
+        traced.__name__ = f"otel_render_{getattr(original, '__name__', 'execute')}"
+        return traced
+
+    def _statement_started(self, state: EngineState, cursor: Any, statement: str, context: Any) -> None:
         name, span_attributes, metric_attributes = state.statement(statement, self.query_text)
         span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=span_attributes)
         armed = None
@@ -587,9 +623,7 @@ class Hooks:
                 armed = self.watchdog.arm(connection, db_deadline.QUERY, client_s, state, state.database.name)
         context._otel_render = _Execution(state, span, time.perf_counter(), metric_attributes, armed)
 
-    def _after_cursor_execute(
-        self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
-    ) -> None:
+    def _statement_finished(self, context: Any) -> None:
         execution = getattr(context, "_otel_render", None)
         if execution is None:
             return
@@ -677,6 +711,7 @@ class Hooks:
         for state in states():
             state.lock = threading.Lock()
             state.used = 0
+            state.pending = 0
             state.deadlines = self.deadlines()
             engine = state.engine()
             if engine is None or not self.settings.db_fork_safety:
@@ -697,6 +732,15 @@ class Hooks:
                 engine.dispose()
             except Exception:  # pylint: disable=broad-except
                 _logger.debug("otel-render: could not dispose %s in the master", state.database.name, exc_info=True)
+
+
+def _dialect_setup(context: Any) -> bool:
+    """Whether a statement is SQLAlchemy's own setup on an engine's first
+    connect (server version, default schema...): it runs on a connection made
+    with revalidation off, and with events off, so it was never traced."""
+    # Connection(..., _allow_revalidate=False) keeps it as the private __can_reconnect
+    # (1.4 to 2.1); only that first-connect connection starts with it off.
+    return getattr(getattr(context, "root_connection", None), "_Connection__can_reconnect", True) is False
 
 
 def _bind(method: Callable[..., Any], state: EngineState) -> Callable[..., Any]:

@@ -10,12 +10,12 @@ status and one circuit breaker.
 
 Instruments (see ``docs/metrics.md``):
 
-- observed at collection time, from the pools themselves:
-  ``db.client.connection.count`` (``state`` idle/used),
-  ``db.client.connection.max``, ``otel_render.db.status``,
-  ``otel_render.db.circuit.state``;
-- recorded as things happen: ``db.client.connection.pending_requests``,
-  ``db.client.connection.timeouts``, ``db.client.connection.wait_time``,
+- observed at collection time, from the pools themselves and what the
+  checkout hook counts: ``db.client.connection.count`` (``state``
+  idle/used), ``db.client.connection.max``,
+  ``db.client.connection.pending_requests``, ``otel_render.db.status``,
+  ``otel_render.db.circuit.state``; the checkout path records nothing for them;
+- recorded as things happen: ``db.client.connection.timeouts``, ``db.client.connection.wait_time``,
   ``db.client.connection.use_time``, ``db.client.connection.create_time``,
   ``db.client.operation.duration`` and ``otel_render.db.deadline.exceeded``.
 """
@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, Observation, UpDownCounter
+from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, Observation
 
 from otel_render.db import status as db_status
 from otel_render.db.circuit import STATES
@@ -55,8 +55,9 @@ def pool_name_of_url(url: Any) -> str:
     return pool_name(url.get_backend_name(), url.host, url.port, url.database)
 
 
-def pool_counts(pool: Any, counted_used: int = 0) -> ConnectionCounts:
-    """Used, idle and maximum connections of one SQLAlchemy pool.
+def pool_counts(pool: Any, counted_used: int = 0, pending: int = 0) -> ConnectionCounts:
+    """Used, idle and maximum connections of one SQLAlchemy pool, and the
+    ``pending`` checkouts the checkout hook counted.
 
     ``QueuePool`` (and its async variant) knows all three. Other pools
     (``NullPool``, ``StaticPool``, ``SingletonThreadPool``) keep no such
@@ -69,18 +70,21 @@ def pool_counts(pool: Any, counted_used: int = 0) -> ConnectionCounts:
     if callable(checkedout) and callable(checkedin) and callable(size):
         overflow = getattr(pool, "_max_overflow", 0)
         maximum = size() + overflow if overflow is not None and overflow >= 0 else None
-        return ConnectionCounts(used=max(0, checkedout()), idle=max(0, checkedin()), max=maximum)
-    return ConnectionCounts(used=max(0, counted_used))
+        return ConnectionCounts(
+            used=max(0, checkedout()), idle=max(0, checkedin()), max=maximum, pending=max(0, pending)
+        )
+    return ConnectionCounts(used=max(0, counted_used), pending=max(0, pending))
 
 
 def add_counts(counts: Iterable[ConnectionCounts]) -> ConnectionCounts:
-    used = idle = 0
+    used = idle = pending = 0
     maximum: int | None = 0
     for count in counts:
         used += count.used
         idle += count.idle
+        pending += count.pending
         maximum = None if maximum is None or count.max is None else maximum + count.max
-    return ConnectionCounts(used, idle, maximum)
+    return ConnectionCounts(used, idle, maximum, pending)
 
 
 @dataclass
@@ -88,7 +92,6 @@ class PoolInstruments:
     """Every database instrument, created once per instrumentation."""
 
     operation_duration: Histogram
-    pending_requests: UpDownCounter
     timeouts: Counter
     wait_time: Histogram
     use_time: Histogram
@@ -110,6 +113,10 @@ def create_instruments(meter: Meter, databases: Callable[[], list[db_status.Data
             maximum = database.connections().max
             if maximum is not None:
                 yield Observation(maximum, {POOL_NAME: database.name})
+
+    def observe_pending(_options: CallbackOptions) -> Iterable[Observation]:
+        for database in databases():
+            yield Observation(database.connections().pending, {POOL_NAME: database.name})
 
     def observe_status(_options: CallbackOptions) -> Iterable[Observation]:
         for database in databases():
@@ -134,6 +141,12 @@ def create_instruments(meter: Meter, databases: Callable[[], list[db_status.Data
         unit="{connection}",
         description="The maximum number of open connections allowed",
     )
+    meter.create_observable_up_down_counter(
+        "db.client.connection.pending_requests",
+        [observe_pending],
+        unit="{request}",
+        description="The number of current pending requests for an open connection",
+    )
     meter.create_observable_gauge(
         "otel_render.db.status", [observe_status], unit="1", description="1 when the database answers, 0 when it is down"
     )
@@ -149,11 +162,6 @@ def create_instruments(meter: Meter, databases: Callable[[], list[db_status.Data
             unit="s",
             description="Duration of database client operations",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
-        ),
-        pending_requests=meter.create_up_down_counter(
-            "db.client.connection.pending_requests",
-            unit="{request}",
-            description="The number of current pending requests for an open connection",
         ),
         timeouts=meter.create_counter(
             "db.client.connection.timeouts",

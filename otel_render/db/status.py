@@ -46,6 +46,7 @@ class ConnectionCounts:
     used: int = 0
     idle: int = 0
     max: int | None = None  # None: unbounded or not a counting pool
+    pending: int = 0  # checkouts waiting for a connection
 
 
 class StatusTracker:

@@ -1,11 +1,23 @@
 """The local metric reader: the same meters that go out over OTLP, kept in the
 process for the local endpoints and the recovery rules.
 
-The configurator always adds one :class:`LocalMetricReader` to the meter
-provider, next to the OTLP reader, with the same cardinality limits, so a
-number shown locally is a number the backend also gets. It is a pull reader:
-whoever needs fresh values calls :meth:`LocalMetricReader.refresh`; nothing is
-collected on the request path.
+The configurator always gives the meter provider one
+:class:`LocalMetricReader`, with the same cardinality limits as the OTLP
+reader, so a number shown locally is a number the backend also gets. It is a
+pull reader: whoever needs fresh values calls
+:meth:`LocalMetricReader.refresh`; nothing is collected on the request path.
+
+The SDK aggregates every measurement once per registered reader. When the
+OTLP reader keeps its points exactly as the local reader would (cumulative for
+every instrument kind, the default aggregations, the same cardinality limits:
+the OTLP exporter's defaults), the local reader is not registered at all: it
+reads the OTLP reader's aggregations (:meth:`LocalMetricReader.read_through`),
+so each measurement is aggregated once and both read literally the same
+numbers. Reading cumulative points more often changes nothing in them. When
+the export asks for something else (``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=delta``,
+exponential histograms), the local reader keeps a storage of its own, always
+cumulative, so the endpoints' numbers never depend on the export's choices
+(:func:`can_read_through`).
 
 After ``fork`` (gunicorn ``--preload``), a worker inherits the master's
 meter provider with every point the master had recorded. The master keeps
@@ -41,6 +53,7 @@ from opentelemetry.sdk.metrics.export import (
     MetricReader,
     MetricsData,
 )
+from opentelemetry.sdk.metrics.view import DefaultAggregation, ExplicitBucketHistogramAggregation
 
 _logger = logging.getLogger("otel_render.local")
 
@@ -74,6 +87,47 @@ class Snapshot:
         return None
 
 
+def _aggregation_kind(aggregation: Any) -> Any:
+    """``"default"`` for an aggregation that keeps what the SDK's default keeps
+    (an explicit-bucket histogram with the instrument's advised buckets, as the
+    OTLP exporter asks for, is one); otherwise the aggregation itself."""
+    if isinstance(aggregation, DefaultAggregation):
+        return "default"
+    if (
+        type(aggregation) is ExplicitBucketHistogramAggregation  # pylint: disable=unidiomatic-typecheck
+        and getattr(aggregation, "_boundaries", ()) is None
+        and getattr(aggregation, "_record_min_max", False) is True
+    ):
+        return "default"
+    return aggregation
+
+
+def _storage_shape(reader: MetricReader) -> tuple[Any, ...]:
+    """What decides how a reader's storage aggregates: temporality, aggregation
+    and cardinality limit per instrument class (SDK attributes, read guarded)."""
+    # pylint: disable=protected-access
+    return (
+        dict(reader._instrument_class_temporality),
+        {kind: _aggregation_kind(aggregation) for kind, aggregation in reader._instrument_class_aggregation.items()},
+        dict(reader._instrument_class_cardinality_limit),
+    )
+
+
+def can_read_through(local: MetricReader, source: MetricReader) -> bool:
+    """Whether ``local`` may read ``source``'s aggregations instead of its own:
+    both keep exactly the same points (cumulative, default aggregations, same
+    limits). Anything unknown (an SDK that stores this differently) says no."""
+    try:
+        wanted = _storage_shape(local)
+        if _storage_shape(source) != wanted:
+            return False
+        return all(temporality is AggregationTemporality.CUMULATIVE for temporality in wanted[0].values()) and all(
+            kind == "default" for kind in wanted[1].values()
+        )
+    except (AttributeError, TypeError):
+        return False
+
+
 class LocalMetricReader(MetricReader):
     """Keeps the most recent collection; always cumulative."""
 
@@ -81,6 +135,28 @@ class LocalMetricReader(MetricReader):
         super().__init__(preferred_temporality=_CUMULATIVE, cardinality_limits=cardinality_limits)
         self._lock = threading.Lock()
         self._latest = Snapshot(None, 0.0)
+        self._source: MetricReader | None = None
+
+    @property
+    def source(self) -> MetricReader | None:
+        """The reader whose aggregations this one reads (None: its own storage)."""
+        return self._source
+
+    def read_through(self, source: MetricReader) -> None:
+        """Collect ``source``'s aggregations instead of registering a storage of
+        our own. ``source`` must be registered on a meter provider and pass
+        :func:`can_read_through`; this reader must not be registered."""
+        collect = source._collect  # pylint: disable=protected-access
+        if collect is None:
+            raise ValueError("the source reader is not registered on a meter provider")
+        if self._collect is not None:
+            raise ValueError("this reader is registered on a meter provider already")
+
+        def collect_source(_reader: MetricReader, timeout_millis: float = 10_000) -> Any:
+            return collect(source, timeout_millis=timeout_millis)
+
+        self._source = source
+        self._set_collect_callback(collect_source)
 
     def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
         with self._lock:
@@ -101,11 +177,11 @@ class LocalMetricReader(MetricReader):
         it had recorded in every reader of the provider (see the module docstring)."""
         self._lock = threading.Lock()
         self._latest = Snapshot(None, 0.0)
-        collect = self._collect
+        # The provider's measurement consumer, whose bound method the collect callback is.
+        collect = self._source._collect if self._source is not None else self._collect  # pylint: disable=protected-access
         consumer = getattr(collect, "__self__", None) if collect is not None else None
         if consumer is not None:
             reset_inherited_points(consumer)
-
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         """Nothing to flush: the points never leave the process."""
