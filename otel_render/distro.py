@@ -224,7 +224,34 @@ def build_resource(settings: Settings, auto_instrumentation_version: str | None 
     attributes["telemetry.distro.version"] = __version__
     if auto_instrumentation_version:
         attributes["telemetry.auto.version"] = auto_instrumentation_version
-    return Resource.create(attributes)
+    created = Resource.create(attributes)
+    return HashOnceResource(created.attributes, created.schema_url)
+
+
+class HashOnceResource(Resource):
+    """A :class:`Resource` that computes its hash once.
+
+    The OTLP encoder groups every exported span and log record by resource,
+    hashing it each time, and the SDK hashes by serialising every attribute
+    to JSON: about 5 us per span here, for a value that never changes. A
+    resource is immutable, so the hash is kept; :meth:`merge` (which the SDK
+    calls after fork to refresh the process's attributes) returns this class
+    again so the cache survives.
+    """
+
+    _hash: int | None = None
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = super().__hash__()
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return super().__eq__(other)
+
+    def merge(self, other: Resource) -> Resource:
+        merged = super().merge(other)
+        return HashOnceResource(merged.attributes, merged.schema_url)
 
 
 def process_instance_id(settings: Settings) -> str | None:

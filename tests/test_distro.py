@@ -348,3 +348,19 @@ def test_the_local_reader_reads_the_otlp_readers_aggregations_when_they_are_the_
     assert out["storages"] == storages
     assert out["source"] == ("ForkSafePeriodicExportingMetricReader" if reads_through else None)
     assert out["values"] == [2, 5]  # cumulative either way
+
+
+def test_the_resource_is_hashed_once_and_stays_so_after_a_merge(monkeypatch):
+    from opentelemetry.sdk.resources import Resource
+
+    resource = distro.build_resource(settings(RENDER))
+    calls = []
+    original = Resource.__hash__
+    monkeypatch.setattr(Resource, "__hash__", lambda self: calls.append(1) or original(self))
+    assert hash(resource) == hash(resource) == hash(Resource(resource.attributes, resource.schema_url))
+    assert len(calls) == 2  # once for ours, once for the plain copy
+    merged = resource.merge(Resource({"service.instance.id": "srv-1-abc-w0"}))
+    assert isinstance(merged, distro.HashOnceResource)
+    assert merged.attributes["service.instance.id"] == "srv-1-abc-w0" and merged == Resource(merged.attributes, merged.schema_url)
+    hash(merged), hash(merged)
+    assert len(calls) == 3
