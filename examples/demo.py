@@ -3,9 +3,12 @@ traffic, and print where to look.
 
 Starts ``opentelemetry-instrument gunicorn -w 2 --preload examples.app:app``
 on 127.0.0.1:$DEMO_PORT (default 8000) with SQLite in ``.demo/``, sends a mix
-of requests (lookups, a create, a 404, a failure), prints what came back and
-the local endpoint URLs, then keeps serving until Ctrl-C. ``--once`` stops the
-server after the traffic instead and reports how long its exit took.
+of requests (lookups, a create, a 404, a failure), waits for the app's
+``count-items`` job to run (read from ``/api/metrics``, which the demo makes
+public with ``OTEL_RENDER_PUBLIC_ENDPOINTS=true``), prints what came back and
+the local endpoint URLs with their status, then keeps serving until Ctrl-C.
+``--once`` stops the server after that instead and reports how long its exit
+took.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 LOCAL_ENDPOINTS = ("/health", "/api/health", "/api/metrics", "/api/diagnostics")
+JOB_ID = "count-items"
 
 
 def request(port: int, method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
@@ -48,6 +52,27 @@ def wait_ready(port: int, server: subprocess.Popen, timeout_s: float = 30.0) -> 
         except OSError:
             time.sleep(0.1)
     raise SystemExit(f"the example app did not answer on port {port} within {timeout_s:.0f} s")
+
+
+def job_runs(port: int) -> dict[str, int]:
+    """The example job's runs by outcome, as ``/api/metrics`` shows them for the instance."""
+    status, body = request(port, "GET", "/api/metrics")
+    if status != 200:
+        return {}
+    for job in json.loads(body)["schedulers"]["jobs"]:
+        if job["job"] == JOB_ID:
+            return job["runs"]
+    return {}
+
+
+def wait_for_job(port: int, timeout_s: float) -> dict[str, int]:
+    """Wait until the job has run once (its first run is one interval after the start)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        runs = job_runs(port)
+        if runs or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.5)
 
 
 def main() -> int:
@@ -85,6 +110,12 @@ def main() -> int:
             status, _ = request(port, method, path, body)
             statuses[status] = statuses.get(status, 0) + 1
         print(f"\nsent {len(traffic)} requests: " + ", ".join(f"{count} x {status}" for status, count in sorted(statuses.items())))
+        interval_s = float(env["EXAMPLE_JOB_INTERVAL_S"])
+        runs = wait_for_job(port, timeout_s=3 * interval_s + 30)
+        if runs:
+            print(f"\njob {JOB_ID}: " + ", ".join(f"{count} x {outcome}" for outcome, count in sorted(runs.items())))
+        else:
+            print(f"\njob {JOB_ID}: no run yet (see the output above)")
         print("\nlocal endpoints:")
         for path in LOCAL_ENDPOINTS:
             status, _ = request(port, "GET", path)

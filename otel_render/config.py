@@ -285,7 +285,7 @@ class Settings:
         section=_LIFECYCLE,
     )
 
-    # --- Web requests (issue: web) -------------------------------------------
+    # --- Web requests --------------------------------------------------------
     request_id_headers: tuple[str, ...] = _var(
         "OTEL_RENDER_REQUEST_ID_HEADERS",
         NAMES,
@@ -359,7 +359,7 @@ class Settings:
         section=_WEB,
     )
 
-    # --- Database (issue: database) ------------------------------------------
+    # --- Database ------------------------------------------------------------
     db_timeout_s: float = _var(
         "OTEL_RENDER_DB_TIMEOUT_S",
         number(float, 0, 3600, "seconds"),
@@ -452,7 +452,7 @@ class Settings:
         section=_DB,
     )
 
-    # --- Scheduler (issue: scheduler) ----------------------------------------
+    # --- Scheduler -----------------------------------------------------------
     scheduler_leader: bool = _var(
         "OTEL_RENDER_SCHEDULER_LEADER",
         BOOL,
@@ -536,7 +536,7 @@ class Settings:
         section=_SCHEDULER,
     )
 
-    # --- Local endpoints and health (issue: endpoints) -----------------------
+    # --- Local endpoints and health ------------------------------------------
     token: str = _var(
         "OTEL_RENDER_TOKEN",
         TEXT,

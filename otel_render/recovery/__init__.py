@@ -82,8 +82,7 @@ def install(pipeline: Any) -> RecoveryManager | None:
                 recycle_lease=lambda: RecycleLease(instance.directory(settings) / "recycle.json"),
             )
             meter = pipeline.meter_provider.get_meter("otel_render.recovery", __version__) if pipeline.meter_provider else None
-            tracer = pipeline.tracer_provider.get_tracer("otel_render.recovery", __version__) if pipeline.tracer_provider else None
-            manager = RecoveryManager(settings, sources=sources, meter=meter, tracer=tracer)
+            manager = RecoveryManager(settings, sources=sources, meter=meter, tracer_provider=pipeline.tracer_provider)
             lifecycle.on_fork_child(manager.reset_after_fork)
             lifecycle.add_loop(lifecycle.BackgroundLoop("recovery", settings.recovery_interval_s, manager.tick))
             _manager = manager

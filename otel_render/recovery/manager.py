@@ -56,6 +56,7 @@ from otel_render.health import DEGRADED, UNHEALTHY, HealthCheckResult
 from otel_render.local.snapshot import InstanceMetrics
 from otel_render.recovery import memory, signals
 from otel_render.recovery.rules import ESCALATE, FIRE, RECOVER, ActionBudget, Decision, LeakDetector, Rule, RuleEngine
+from otel_render.version import __version__
 from otel_render.web import gunicorn
 
 _logger = logging.getLogger("otel_render.recovery")
@@ -242,6 +243,7 @@ class RecoveryManager:
         tracer: trace.Tracer | None = None,
         clock: Callable[[], float] = time.time,
         rules: Sequence[Rule] | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self.settings = settings
         self.sources = sources or Sources()
@@ -255,7 +257,8 @@ class RecoveryManager:
             threshold_bytes_per_s=settings.recovery_leak_kib_s * 1024,
             min_samples=max(5, int(settings.recovery_leak_window_s / max(settings.recovery_interval_s, 0.1) / 2)),
         )
-        self.tracer = tracer or trace.get_tracer("otel_render.recovery")
+        self._tracer = tracer
+        self._tracer_provider = tracer_provider
         self._actions_counter = None
         self._freed_counter = None
         if meter is not None:
@@ -357,6 +360,17 @@ class RecoveryManager:
             return False
         self.last_uss = own
         return signals.grew_most(os.getpid(), float(own), {pid: float(uss) for pid, uss in self.sources.sibling_uss().items()})
+
+    @property
+    def tracer(self) -> trace.Tracer:
+        """The tracer of the action spans, from ``tracer_provider`` (else the
+        global one), made at the first action rather than at construction: the
+        configurator builds the manager while the SDK's per-span self-metrics
+        are switched on for the pipeline's own parts, and a tracer made then
+        would count every span it starts in ``otel.sdk.span.*``."""
+        if self._tracer is None:
+            self._tracer = trace.get_tracer("otel_render.recovery", __version__, tracer_provider=self._tracer_provider)
+        return self._tracer
 
     # -- carrying out -------------------------------------------------------------------
 

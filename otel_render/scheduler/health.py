@@ -51,6 +51,8 @@ def evaluate(states: Sequence[SchedulerState], now: float) -> HealthCheckResult:
             status = HEALTHY
             if state.state == STATE_STANDBY and state.runner_pid is not None:
                 notes.append(f"{state.name}: standby, jobs run in pid {state.runner_pid}")
+            else:
+                notes.append(f"{state.name}: {state.state}, {len(state.jobs)} job{'s' if len(state.jobs) != 1 else ''}")
         statuses.append(status)
         observed[state.name] = {
             "state": state.state,

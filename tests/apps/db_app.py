@@ -5,9 +5,8 @@ database integration tests (run it under ``opentelemetry-instrument gunicorn``).
 and reads it back, so that with ``--preload`` the gunicorn master has used the
 engine before the workers are forked, as apps that query at start-up do.
 
-Routes:
+Routes (``/health`` and ``/api/*`` are otel-render's, answered ahead of the app):
 
-- ``/ping``: no database (the cheap route that shows the instance answers);
 - ``/query``: one ``SELECT`` through the engine; the JSON answer names the
   worker (``pid``) and the PostgreSQL backend that served it; ``?ms=N``
   holds the connection N milliseconds longer (to spread concurrent requests
@@ -41,8 +40,6 @@ def respond(start_response, status, payload):
 
 def app(environ, start_response):
     path = environ.get("PATH_INFO", "/")
-    if path == "/ping":
-        return respond(start_response, "200 OK", {"pid": os.getpid()})
     if path == "/db-status":
         from otel_render.db import snapshot  # the public API the endpoints read
 

@@ -21,11 +21,6 @@ ROOT = contract.ROOT
 WITH_COLLECTOR = ROOT / "render.yaml"
 DIRECT = ROOT / "render.direct.yaml"
 
-# Variables render.yaml sets that the package's integrations declare on other
-# branches (the contract in ARCHITECTURE.md names them); once declared in
-# otel_render/config.py they are checked like the others.
-PENDING_VARIABLES = {"OTEL_RENDER_TOKEN"}
-
 # The seed's request timeout and query timeout: the worker timeout stays above both.
 SEED_DEADLINE_S = 30.0
 
@@ -83,7 +78,7 @@ def test_every_otel_render_variable_is_declared_and_parses(any_blueprint):
         env = blueprint.env_entries(entry)
         ours = {key for key in env if key.startswith("OTEL_RENDER_") or key.startswith("HONEYCOMB_")}
         if entry["type"] == "web":
-            unknown = ours - declared - PENDING_VARIABLES
+            unknown = ours - declared
             assert unknown == set(), f"{entry['name']}: not declared in otel_render/config.py: {unknown}"
     settings, problems = Settings.from_environ(dict(blueprint.literal_values(blueprint.web_service(any_blueprint))))
     assert problems == []

@@ -2,8 +2,9 @@
 PostgreSQL (``tests/apps/db_app.py``) under ``opentelemetry-instrument
 gunicorn`` with 2 sync workers and ``--preload``, as Render runs it.
 
-"The instance keeps answering" is shown with the app's ``/ping``, a route that
-touches no database (``/health`` is served by the local endpoints).
+"The instance keeps answering" is shown with ``/health``, which otel-render's
+middleware answers ahead of the app from the cached health evaluation: it
+touches no database, and says ``degraded`` while the database is unreachable.
 """
 
 from __future__ import annotations
@@ -51,7 +52,12 @@ def hit(base_url: str, path: str = "/query", timeout: float = 60.0) -> Hit:
 
 
 def app_env(database_url: str, receiver=None, **settings: str) -> dict[str, str]:
-    env = {"DATABASE_URL": database_url, "OTEL_SERVICE_NAME": "db-app", **settings}
+    env = {
+        "DATABASE_URL": database_url,
+        "OTEL_SERVICE_NAME": "db-app",
+        "OTEL_RENDER_HEALTH_INTERVAL_S": "0.5",
+        **settings,
+    }
     if receiver is not None:
         env.update(
             OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
@@ -66,7 +72,7 @@ def start(database_url: str, receiver=None, timeout: int = 30, **settings: str) 
     command = gunicorn_command("db_app:app", port=port, workers=2, preload=True, timeout=timeout)
     server = AppProcess(command, env=app_env(database_url, receiver, **settings), cwd=APPS).start()
     base_url = f"http://127.0.0.1:{port}"
-    server.wait_http(base_url + "/ping", timeout=30)
+    server.wait_http(base_url + "/health", timeout=30, expect_status=200)
     return server, base_url
 
 
@@ -150,7 +156,10 @@ def test_a_stopped_server_is_reported_down_at_once_and_service_resumes_within_ab
             time.sleep(1.0)
             stopped_at = time.monotonic()
             postgres.stop()
-            time.sleep(3.0)
+            time.sleep(1.0)
+            health = [hit(base_url, "/health") for _ in range(4)]  # between the failing queries
+            time.sleep(2.0)
+            health += [hit(base_url, "/health") for _ in range(4)]
             during = [h for h in hits if h.sent > stopped_at + 0.5]
             status = hit(base_url, "/db-status").body["databases"][0]
             postgres.start()
@@ -171,6 +180,9 @@ def test_a_stopped_server_is_reported_down_at_once_and_service_resumes_within_ab
     first_failure = min(h.done for h in hits if h.status == 503)
     assert first_failure - stopped_at < 2.0  # reported down at once
     assert status["status"] == "down" and status["circuit"] == "open"
+    # The instance kept answering its health check, degraded rather than dead.
+    assert all(h.status == 200 and h.seconds < 1.0 for h in health), [(h.status, h.seconds) for h in health]
+    assert health[-1].body == {"status": "degraded"}, [h.body for h in health]
     first_success_per_worker = {}
     for h in sorted(hits, key=lambda h: h.done):
         if h.sent > up_at and h.status == 200:
@@ -195,9 +207,9 @@ def test_behind_a_blackholed_network_requests_fail_by_the_deadline_then_at_once_
         with ThreadPoolExecutor(max_workers=3) as pool:
             hung = [pool.submit(hit, base_url) for _ in range(2)]
             time.sleep(0.5)
-            ping = pool.submit(hit, base_url, "/ping")
+            health = pool.submit(hit, base_url, "/health")  # waits for a worker the hung queries hold
             first = [future.result() for future in hung]
-            answered = ping.result()
+            answered = health.result()
         assert [h.status for h in first] == [503, 503], server.output()
         assert all(h.seconds < 3 * deadline_s for h in first), [h.seconds for h in first]
         assert answered.status == 200 and answered.seconds < 3 * deadline_s
@@ -208,7 +220,11 @@ def test_behind_a_blackholed_network_requests_fail_by_the_deadline_then_at_once_
             time.sleep(0.2)
         assert all(h.status == 503 and h.body["error"] == "DatabaseUnavailableError" for h in later), [h.body for h in later]
         assert all(h.seconds < 1.0 for h in later), [h.seconds for h in later]
-        assert hit(base_url, "/ping").seconds < 1.0
+        # /health answers at once, and says why: the database is unreachable.
+        degraded = hit(base_url, "/health")
+        assert degraded.status == 200 and degraded.seconds < 1.0
+        assert degraded.body == {"status": "degraded"}, degraded.body
+        assert hit(base_url, "/api/health").body["checks"]["database"] == {"status": "degraded"}
 
         proxy.forward()
         forwarded_at = time.monotonic()

@@ -6,8 +6,8 @@ receiver) and the database URL (a throwaway PostgreSQL).
 Checks that the exact command comes up, answers the app's routes, replaced
 the shell with gunicorn under opentelemetry-instrument (so gunicorn gets
 Render's SIGTERM), built the OTLP endpoint URL from ``fromService``'s
-``host:port``, started ``WEB_CONCURRENCY`` workers, and stops cleanly within
-``maxShutdownDelaySeconds``.
+``host:port``, started ``WEB_CONCURRENCY`` workers, passes Render's health
+check on ``/health``, and stops cleanly within ``maxShutdownDelaySeconds``.
 """
 
 from __future__ import annotations
@@ -24,16 +24,13 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# /health is served by the local endpoints, which are built on another branch.
-# Once they are merged, set this to True: the test then also requires /health
-# to answer 200, as Render's health check (healthCheckPath) does.
-HEALTH_ENDPOINT_MERGED = False
 
-
-def check_health(base_url: str) -> None:
-    """What Render's health check needs from the app: 200 on /health."""
-    result = http_request(base_url + "/health", timeout=10)
-    assert result.status == 200, f"/health answered {result.status}: {result.text[:500]}"
+def check_health(base_url: str, path: str) -> None:
+    """What Render's health check needs from ``healthCheckPath`` (``/health``): a 200."""
+    assert path == "/health"
+    result = http_request(base_url + path, timeout=10)
+    assert result.status == 200, f"{path} answered {result.status}: {result.text[:500]}"
+    assert result.json()["status"] in ("healthy", "degraded"), result.text
 
 
 def _proc_environ(pid: int) -> dict[str, str]:
@@ -74,8 +71,7 @@ def _serve_and_stop(web: dict, env: dict[str, str], cwd: Path, check: Callable[[
         _wait_for_workers(app, int(env["WEB_CONCURRENCY"]))
 
         check(app)
-        if HEALTH_ENDPOINT_MERGED:
-            check_health(base_url)
+        check_health(base_url, web["healthCheckPath"])
 
         code = app.stop(timeout=float(web["maxShutdownDelaySeconds"]))
         assert code == 0, app.output()

@@ -157,6 +157,30 @@ def test_memory_high_relieves_in_the_worker_that_grew_most_and_records_it(rings,
     assert growth == {(): 50 * 2**20}
 
 
+def test_the_action_tracer_is_made_at_the_first_action_not_while_the_sdk_self_metrics_are_on(rings, monkeypatch):
+    """The configurator builds the manager while the SDK's per-span self-metrics
+    are switched on for the pipeline's own parts: a tracer made then would
+    count every action span in ``otel.sdk.span.*``, which are off by default."""
+    reader = InMemoryMetricReader()
+    tracer_provider = TracerProvider(meter_provider=MeterProvider(metric_readers=[reader]))
+    spans = InMemorySpanExporter()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    world = World()
+    settings, _ = Settings.from_environ({})
+    monkeypatch.setenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
+    manager = RecoveryManager(settings, sources=world.sources(), tracer_provider=tracer_provider, clock=lambda: world.clock)
+    monkeypatch.delenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED")
+    step(manager, world)
+    world.view = view(utilization=0.99)
+    [record] = step(manager, world)
+    assert (record.rule, record.outcome) == ("memory_critical", "done")
+    [span] = spans.get_finished_spans()
+    assert span.name == "recovery emergency" and span.instrumentation_scope.name == "otel_render.recovery"
+    data = reader.get_metrics_data()
+    names = {metric.name for rm in data.resource_metrics for sm in rm.scope_metrics for metric in sm.metrics} if data else set()
+    assert not {name for name in names if name.startswith("otel.sdk.span.")}, names
+
+
 def test_a_worker_that_did_not_grow_most_does_not_act(rings, telemetry):
     world = World()
     manager = make(world, telemetry)

@@ -168,6 +168,9 @@ def test_a_blocking_scheduler_is_traced_and_stops_on_shutdown(instrument):
     runner.start()
     [span] = harness.wait_for_spans(1, "job once")
     assert span.attributes["scheduler.name"] == "BlockingScheduler"
+    # The loop removes the finished date job after its run; shutting down before
+    # that empties the job store under it (APScheduler then raises JobLookupError there).
+    assert wait_until(lambda: not scheduler.get_jobs(), 10)
     scheduler.shutdown(wait=False)
     runner.join(15)
     assert not runner.is_alive()

@@ -19,7 +19,7 @@ def _documented() -> dict[str, tuple[str, str, set[str]]]:
     section = text.split("## Scheduler", 1)[1].split("\n## ", 1)[0]
     rows = {}
     for line in section.splitlines():
-        match = re.match(r"^\| `([a-z_.]+)` \| (\w+) \| `([^`]+)` \| ([^|]*) \|", line)
+        match = re.match(r"^\| `([a-z_.]+)` \| (\w+)(?: \(observable\))? \| `([^`]+)` \| ([^|]*) \|", line)
         if match:
             name, instrument, unit, attributes = match.groups()
             rows[name] = (instrument, unit, set(re.findall(r"`([a-z_.]+)`", attributes)))

@@ -262,7 +262,8 @@ def test_jobs_that_are_not_processed_are_reported_overdue(instrument):
     scheduler = harness.track(BackgroundScheduler())
     job = scheduler.add_job(beat, "interval", hours=1, id="sync")
     scheduler.start()
-    assert harness.supervisor.health_check(now[0]).status == HEALTHY
+    healthy = harness.supervisor.health_check(now[0])
+    assert (healthy.status, healthy.output) == (HEALTHY, "BackgroundScheduler: running, 1 job")
     now[0] = job.next_run_time.timestamp() + 31
     result = harness.supervisor.health_check(now[0])
     assert result.status == DEGRADED
