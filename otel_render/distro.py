@@ -102,8 +102,13 @@ def configure_sdk(auto_instrumentation_version: str | None = None) -> Pipeline |
             _logger.debug("otel-render: OTEL_SDK_DISABLED=true, nothing configured")
             return None
         try:
-            with sdk_self_metrics(settings):  # the SDK's otel.sdk.* pipeline metrics
-                _pipeline = _build(settings, auto_instrumentation_version)
+            # The SDK's otel.sdk.* pipeline metrics, for the processors, exporters
+            # and readers built here only: tracers made later (every
+            # instrumentation's, ours included) would count every span.
+            with sdk_self_metrics(settings):
+                pipeline = _build(settings, auto_instrumentation_version)
+            _start(pipeline)
+            _pipeline = pipeline
         except Exception:  # pylint: disable=broad-except
             _logger.exception("otel-render: could not configure OpenTelemetry; the app runs without it")
             return None
@@ -176,7 +181,13 @@ def _build(settings: Settings, auto_instrumentation_version: str | None) -> Pipe
         for provider in (pipeline.tracer_provider, pipeline.meter_provider, pipeline.logger_provider):
             if provider is not None:
                 lifecycle.add_provider(provider)
+    return pipeline
 
+
+def _start(pipeline: Pipeline) -> None:
+    """Everything that runs on top of the providers: per-process state across
+    fork, the local endpoints, recovery, the gunicorn and exit hooks."""
+    settings, plan = pipeline.settings, pipeline.plan
     if pipeline.local_reader is not None:
         lifecycle.on_fork_child(pipeline.local_reader.reset_after_fork)
     lifecycle.on_fork_child(diagnostics.reset_after_fork)
@@ -195,7 +206,6 @@ def _build(settings: Settings, auto_instrumentation_version: str | None) -> Pipe
         plan.backend,
         ", ".join(f"{name} via {'/'.join(p.exporters)}" for name, p in plan.signals.items() if p.exporters) or "nothing (local only)",
     )
-    return pipeline
 
 
 def cardinality_limits(settings: Settings) -> dict[type, int]:
