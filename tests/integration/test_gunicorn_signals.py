@@ -17,22 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
-from support.processes import AppProcess, free_port, gunicorn_command
+from support.processes import AppProcess, free_port, gunicorn_command, wait_until
 
 pytestmark = pytest.mark.integration
 
 APPS = Path(__file__).resolve().parent.parent / "apps"
 GRACEFUL_TIMEOUT_S = 20
 
-
-def wait_until(predicate, timeout: float, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return None
 
 
 def test_sigterm_while_a_worker_boots_stops_it_promptly():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from support.endpoint_schemas import validate
-from support.processes import AppProcess, free_port, gunicorn_command, http_request
+from support.processes import AppProcess, free_port, gunicorn_command, http_request, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -80,14 +80,6 @@ def endpoint_count(body: dict, route: str, status: int = 200) -> int:
 def server_spans(receiver) -> list:
     return [span for span in receiver.spans() if span.kind == "SERVER"]
 
-
-def wait_until(predicate, timeout: float, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 def send(base: str, count: int, path: str = "/") -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from support.endpoint_schemas import validate
-from support.processes import AppProcess, free_port, gunicorn_command, http_request
+from support.processes import AppProcess, free_port, gunicorn_command, http_request, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -41,15 +41,6 @@ class Client(threading.Thread):
                 self.failures.append(repr(exc))
             self.sent += 1
 
-
-def wait_until(predicate, timeout: float, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return None
 
 
 def test_a_worker_past_critical_memory_is_recycled_without_failing_a_request(otlp_receiver):

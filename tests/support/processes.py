@@ -2,7 +2,8 @@
 
 This module owns how tests start the code under test as a real process
 (``AppProcess``, ``gunicorn_command``, ``venv_bin``), how they talk HTTP to it
-(``http_request``, ``HTTPResult``) and how they pick ports (``free_port``).
+(``http_request``, ``HTTPResult``), how they pick ports (``free_port``) and
+how they wait for a process to reach a state (``wait_until``).
 
 ``AppProcess`` runs each command in its own session and process group, with
 output going to files (never pipes, so a chatty child cannot block on a full
@@ -37,7 +38,7 @@ import tempfile
 import time
 import urllib.parse
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ __all__ = [
     "http_request",
     "pid_is_gone",
     "venv_bin",
+    "wait_until",
 ]
 
 # Variables copied from the test runner's environment into every AppProcess.
@@ -72,6 +74,21 @@ INHERITED_ENV_VARS: tuple[str, ...] = (
 
 # How much of a child's output goes into an error message.
 _OUTPUT_TAIL_CHARS = 8000
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy, and return that.
+
+    Returns the last (falsy) value once ``timeout`` seconds have passed, so the
+    caller's assertion can show what was seen. For states of other processes,
+    which no clock of ours can advance.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
 
 
 def free_port() -> int:

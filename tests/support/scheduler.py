@@ -35,6 +35,7 @@ from otel_render import diagnostics, instance, lifecycle
 from otel_render.config import Settings, use_settings
 from otel_render.diagnostics import Ring
 from otel_render.scheduler.instrumentor import APSchedulerInstrumentor, current_stop, current_supervisor
+from support import processes
 
 
 class FakeClock:
@@ -103,13 +104,11 @@ class Harness:
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, message: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.01)
-    raise AssertionError(f"{message} not reached within {timeout} s")
+    """``processes.wait_until`` that fails the test, naming ``message``, on timeout."""
+    result = processes.wait_until(predicate, timeout, interval=0.01)
+    if not result:
+        raise AssertionError(f"{message} not reached within {timeout} s")
+    return result
 
 
 #: The killed scheduler thread's exception reaches threading.excepthook, as it
