@@ -14,7 +14,7 @@ from pathlib import Path
 from support.endpoint_schemas import FILES, validate
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-SAMPLES_HEADING = "### The local endpoints, as they answer"
+SAMPLES_HEADING = "## The local endpoints, as they answer"
 JSON_BLOCK = re.compile(r"```json\n(.*?)\n```", re.DOTALL)
 ENDPOINT = re.compile(r"(/api/health|/api/metrics|/api/diagnostics|/health)\b")
 
