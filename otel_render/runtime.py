@@ -37,9 +37,8 @@ from typing import Any
 import psutil
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
-from otel_render import diagnostics
+from otel_render import diagnostics, instance
 from otel_render.config import Settings
-from otel_render import instance
 from otel_render.platform import (
     MEMORY_SOURCE_CGROUP,
     MIB,

@@ -31,7 +31,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-
 from otel_render import diagnostics, health, instance
 from otel_render.config import Settings
 from otel_render.health import (

@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from otel_render.instance import ensure_private_directory, process_start_time
 from otel_render.local.snapshot import (
     InstanceMetrics,

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from otel_render import runtime
 from otel_render.local.snapshot import (
     HISTOGRAM,
     PROCESS_ID_KEY,
@@ -30,7 +31,6 @@ from otel_render.local.snapshot import (
     InstanceMetrics,
     Point,
 )
-from otel_render import runtime
 from otel_render.runtime import memory_metrics
 
 HTTP_DURATION = "http.server.request.duration"

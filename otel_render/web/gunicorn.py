@@ -106,7 +106,7 @@ def _start(wrapped: Callable[..., Any], arbiter: Any, args: tuple, kwargs: dict)
     _state.master_pid = os.getpid()
     timeout = getattr(arbiter, "timeout", None)
     _state.worker_timeout_s = float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else None
-    for callback in list(_master_start_callbacks):
+    for callback in _master_start_callbacks:
         try:
             callback()
         except Exception:  # pylint: disable=broad-except

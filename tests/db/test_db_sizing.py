@@ -9,7 +9,7 @@ import subprocess
 import pytest
 from support.processes import free_port, venv_bin
 
-from otel_render.cli import PoolOptions, WARN, check_database_pool
+from otel_render.cli import WARN, PoolOptions, check_database_pool
 from otel_render.config import Settings
 from otel_render.db.sizing import PoolDemand, ServerLimits, advice, read_server_limits, sqlalchemy_url, workers_from
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from otel_render.local.snapshot import SUM, Point, ProcessInfo, ProcessSnapshot, Series
 from otel_render.instance import ensure_private_directory, process_start_time, run_directory
+from otel_render.local.snapshot import SUM, Point, ProcessInfo, ProcessSnapshot, Series
 from otel_render.local.store import RETIRED_FILE, InstanceStore
 
 
