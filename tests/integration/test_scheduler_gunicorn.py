@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from support.processes import AppProcess, free_port, gunicorn_command
+from support.processes import AppProcess, free_port, gunicorn_command, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -108,14 +108,16 @@ def _started_runs(markers: Path) -> list[str]:
     return sorted(path.name for path in markers.glob("*.started"))
 
 
-def test_sigterm_lets_a_running_job_finish_when_it_fits_the_deadline(otlp_receiver, tmp_path):
+def _sigterm_during_a_run(otlp_receiver, tmp_path: Path, job_s: float, deadline_s: float):
+    """Start the scheduler app (2 workers, --preload) whose job runs ``job_s``
+    seconds, SIGTERM gunicorn once a run has started; return the app, its exit
+    code, how long it took to stop and the runs that started."""
     markers = tmp_path / "markers"
     markers.mkdir()
-    deadline_s = 8.0
     env = _env(
         otlp_receiver,
         tmp_path,
-        SCHED_APP_SLEEP_S="2",
+        SCHED_APP_SLEEP_S=str(job_s),
         SCHED_APP_MARKER_DIR=str(markers),
         OTEL_RENDER_SCHEDULER_SHUTDOWN_TIMEOUT_S=str(deadline_s),
     )
@@ -124,16 +126,18 @@ def test_sigterm_lets_a_running_job_finish_when_it_fits_the_deadline(otlp_receiv
         gunicorn_command("scheduler_app:app", port=port, workers=2, preload=True), env=env, cwd=APPS
     ) as server:
         server.wait_http(f"http://127.0.0.1:{port}/", timeout=30)
-        deadline = time.monotonic() + 30
-        while not _started_runs(markers) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert _started_runs(markers), server.describe()
+        assert wait_until(lambda: _started_runs(markers), 30, interval=0.02), server.describe()
         started = time.monotonic()
         code = server.stop(signal.SIGTERM, timeout=60)
         took = time.monotonic() - started
+    return server, code, took, _started_runs(markers)
+
+
+def test_sigterm_lets_a_running_job_finish_when_it_fits_the_deadline(otlp_receiver, tmp_path):
+    deadline_s = 8.0
+    server, code, took, started_runs = _sigterm_during_a_run(otlp_receiver, tmp_path, job_s=2, deadline_s=deadline_s)
     assert code == 0, server.output()
     assert took < deadline_s * 2, f"gunicorn took {took:.1f} s to stop\n{server.output()}"
-    started_runs = _started_runs(markers)
     assert otlp_receiver.wait_for(lambda r: len(_ticks(r)) >= len(started_runs), timeout=10), server.output()
     spans = _ticks(otlp_receiver)
     # Every run that started finished, the one in flight at SIGTERM included.
@@ -145,28 +149,8 @@ def test_sigterm_lets_a_running_job_finish_when_it_fits_the_deadline(otlp_receiv
 
 
 def test_sigterm_abandons_a_job_that_outlasts_the_deadline(otlp_receiver, tmp_path):
-    markers = tmp_path / "markers"
-    markers.mkdir()
     deadline_s = 1.0
-    env = _env(
-        otlp_receiver,
-        tmp_path,
-        SCHED_APP_SLEEP_S="120",
-        SCHED_APP_MARKER_DIR=str(markers),
-        OTEL_RENDER_SCHEDULER_SHUTDOWN_TIMEOUT_S=str(deadline_s),
-    )
-    port = free_port()
-    with AppProcess(
-        gunicorn_command("scheduler_app:app", port=port, workers=2, preload=True), env=env, cwd=APPS
-    ) as server:
-        server.wait_http(f"http://127.0.0.1:{port}/", timeout=30)
-        deadline = time.monotonic() + 30
-        while not _started_runs(markers) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert _started_runs(markers), server.describe()
-        started = time.monotonic()
-        code = server.stop(signal.SIGTERM, timeout=60)
-        took = time.monotonic() - started
+    server, code, took, _ = _sigterm_during_a_run(otlp_receiver, tmp_path, job_s=120, deadline_s=deadline_s)
     assert code == 0, server.output()
     # The job would run 120 s: the worker left after the 1 s deadline and the flush.
     assert took < deadline_s * GENEROUS + 5, f"gunicorn took {took:.1f} s to stop\n{server.output()}"
