@@ -15,7 +15,8 @@ for version in 3.10 3.11 3.12 3.13; do
     found=$((found + 1))
     venv=".venv-$version"
     echo "== python$version ($interpreter)"
-    if [ ! -f "$venv/.installed" ]; then
+    # (Re)install when the venv is new or pyproject.toml changed since, as the Makefile does for .venv.
+    if [ ! -f "$venv/.installed" ] || [ pyproject.toml -nt "$venv/.installed" ]; then
         "$interpreter" -m venv "$venv" && "$venv/bin/python" -m pip install -q -e '.[test]' && touch "$venv/.installed" || { status=1; continue; }
     fi
     "$venv/bin/python" -m pytest -q -m "not integration" -p no:cacheprovider || status=1
